@@ -1,0 +1,34 @@
+# The two commands of the README: `make book` and `make test`. Both create/reuse .venv and install what
+# is missing (scripts/setup_env.sh), so they work on a fresh machine.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PYTHONHASHSEED := 0
+
+.PHONY: env book test test-fast strip check-notebooks bench clean
+
+env:
+	@bash scripts/setup_env.sh
+
+## Executed HTML book in _build/html at $QSTAR_SCALE (unset: gpu if CUDA else cpu). Strict: any execution
+## error or Sphinx warning fails the build.
+book: env
+	$(VENV)/bin/jupyter-book build . --builder html --warningiserror --nitpick --keep-going
+
+## Every test: notebook hygiene, pytest over tests/, nbval over every notebook, all at ci scale.
+test: env check-notebooks
+	QSTAR_SCALE=ci $(PY) -m pytest tests notebooks --nbval-lax -p no:cacheprovider
+
+test-fast: env
+	QSTAR_SCALE=ci $(PY) -m pytest tests -x -q -p no:cacheprovider
+
+check-notebooks:
+	@python3 scripts/check_notebooks.py
+
+strip:
+	@python3 scripts/check_notebooks.py --strip
+
+bench: env
+	$(PY) benchmarks/bench_dpo.py --model smollm2-135m
+
+clean:
+	rm -rf _build

@@ -1,0 +1,211 @@
+"""Tokenise prompt/completion pairs into padded batches with a ``completion_mask``.
+
+It knows nothing about training, losses or models: it turns text into integer lists and pads them.
+
+The contract every other module relies on: the prompt and the completion are tokenised *separately*
+(``add_special_tokens=False``) and concatenated as ``prompt ids + completion ids + [eos]``. The completion
+part is therefore exactly ``tokenizer(completion, add_special_tokens=False).input_ids`` (or a prefix of it
+after truncation), so token labels computed from character spans of the completion alone
+(``qstar_lib.data.token_labels``) line up with the completion positions of the batch.
+
+Truncation (never silent, never dropping a record):
+
+1. the prompt is cut from the **left** to ``max_prompt_length`` tokens (the end of a prompt, next to the
+   completion, matters most), and in any case to at most ``max_length - 1`` tokens so that at least one
+   completion token survives;
+2. then ``completion ids + [eos]`` is cut from the **right** so that the total is ``<= max_length``
+   (a cut completion loses its EOS, as in TRL).
+
+Each encoded record reports what was cut (``n_prompt_truncated``, ``n_completion_truncated``) and the
+batch-level functions emit one warning that counts truncated records.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+
+import torch
+
+#: Keys of one encoded completion (the output of :func:`encode_completion`).
+ENCODED_KEYS = (
+    "input_ids",
+    "completion_mask",
+    "n_prompt",
+    "n_completion",
+    "has_eos",
+    "n_prompt_truncated",
+    "n_completion_truncated",
+)
+
+
+def _token_ids(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False).input_ids)
+
+
+def encode_completion(
+    prompt: str,
+    completion: str,
+    tokenizer,
+    max_length: int = 512,
+    max_prompt_length: int | None = None,
+) -> dict:
+    """Tokenise one (prompt, completion) pair as ``prompt ids + completion ids + [eos]``.
+
+    Returns a dict with
+        ``input_ids`` (list[int], length <= max_length),
+        ``completion_mask`` (list[int], 1 on completion tokens including the EOS, 0 on the prompt),
+        ``n_prompt`` (int, prompt tokens kept), ``n_completion`` (int, completion tokens kept, EOS excluded;
+        they are ``tokenizer(completion, add_special_tokens=False).input_ids[:n_completion]``),
+        ``has_eos`` (bool), ``n_prompt_truncated`` and ``n_completion_truncated`` (tokens cut; the EOS
+        counts as a completion token).
+    """
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+    if not isinstance(completion, str):
+        raise TypeError(f"completion must be a str, got {type(completion).__name__}")
+    if max_length < 2:
+        raise ValueError(f"max_length must be >= 2 (one prompt and one completion token), got {max_length}")
+    if max_prompt_length is not None and max_prompt_length < 1:
+        raise ValueError(f"max_prompt_length must be >= 1 or None, got {max_prompt_length}")
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("tokenizer has no eos_token_id; completions end with EOS")
+
+    prompt_ids = _token_ids(tokenizer, prompt)
+    if not prompt_ids:
+        # Entry 0 of per-token log-probs has no context, so a completion needs at least one token before it.
+        raise ValueError("prompt tokenises to 0 tokens; the first completion token would have no context")
+    completion_ids = _token_ids(tokenizer, completion)
+
+    prompt_budget = max_length - 1
+    if max_prompt_length is not None:
+        prompt_budget = min(prompt_budget, max_prompt_length)
+    n_prompt_truncated = max(0, len(prompt_ids) - prompt_budget)
+    if n_prompt_truncated:
+        prompt_ids = prompt_ids[n_prompt_truncated:]  # cut from the left
+
+    full_completion = completion_ids + [eos]
+    room = max_length - len(prompt_ids)
+    kept = full_completion[:room]  # cut from the right
+    n_completion_truncated = len(full_completion) - len(kept)
+    has_eos = n_completion_truncated == 0
+    n_completion = len(kept) - int(has_eos)
+
+    return {
+        "input_ids": prompt_ids + kept,
+        "completion_mask": [0] * len(prompt_ids) + [1] * len(kept),
+        "n_prompt": len(prompt_ids),
+        "n_completion": n_completion,
+        "has_eos": has_eos,
+        "n_prompt_truncated": n_prompt_truncated,
+        "n_completion_truncated": n_completion_truncated,
+    }
+
+
+def _field(record: Mapping, index: int, name: str) -> str:
+    if not isinstance(record, Mapping):
+        raise TypeError(f"record {index} is a {type(record).__name__}, expected a dict")
+    if name not in record:
+        raise KeyError(f"record {index} has no field {name!r} (fields: {sorted(record)})")
+    value = record[name]
+    if not isinstance(value, str):
+        raise TypeError(f"record {index} field {name!r} must be a str, got {type(value).__name__}")
+    return value
+
+
+def _warn_truncations(encoded: Sequence[dict], what: str, max_length: int) -> None:
+    n = sum(1 for e in encoded if e["n_prompt_truncated"] or e["n_completion_truncated"])
+    if n:
+        warnings.warn(
+            f"{n} of {len(encoded)} {what} were truncated to max_length={max_length} "
+            "(see n_prompt_truncated / n_completion_truncated of each record)",
+            stacklevel=3,
+        )
+
+
+def encode_pairs(
+    records: Sequence[Mapping],
+    tokenizer,
+    max_length: int = 512,
+    max_prompt_length: int | None = None,
+) -> list[dict]:
+    """Encode preference records ``{"prompt", "chosen", "rejected"}``.
+
+    Each output dict holds the keys of :func:`encode_completion` prefixed with ``chosen_`` and
+    ``rejected_`` (``chosen_input_ids``, ``rejected_completion_mask`` ...). The prompt is cut the same way in
+    both, so chosen and rejected always share the same context.
+    """
+    out = []
+    for i, record in enumerate(records):
+        prompt = _field(record, i, "prompt")
+        pair = {}
+        for side in ("chosen", "rejected"):
+            enc = encode_completion(prompt, _field(record, i, side), tokenizer, max_length, max_prompt_length)
+            pair.update({f"{side}_{k}": v for k, v in enc.items()})
+        out.append(pair)
+    _warn_truncations([_side(p, "chosen") for p in out] + [_side(p, "rejected") for p in out], "completions", max_length)
+    return out
+
+
+def encode_sft(
+    records: Sequence[Mapping],
+    tokenizer,
+    max_length: int = 512,
+    max_prompt_length: int | None = None,
+    field: str = "chosen",
+) -> list[dict]:
+    """Encode ``prompt + record[field]`` (the chosen completion by default) for supervised fine-tuning."""
+    out = [
+        encode_completion(_field(r, i, "prompt"), _field(r, i, field), tokenizer, max_length, max_prompt_length)
+        for i, r in enumerate(records)
+    ]
+    _warn_truncations(out, "completions", max_length)
+    return out
+
+
+def _side(pair: Mapping, side: str) -> dict:
+    """The ``chosen_*`` (or ``rejected_*``) entries of an encoded pair, without the prefix."""
+    prefix = f"{side}_"
+    return {k[len(prefix):]: v for k, v in pair.items() if k.startswith(prefix)}
+
+
+def pad_batch(encoded: Sequence[Mapping], pad_token_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
+    """Pad encoded completions into tensors.
+
+    Returns ``input_ids`` (B, T) padded with ``pad_token_id``, ``attention_mask`` (B, T) and
+    ``completion_mask`` (B, T), both 0 on padding; T is the longest row. ``padding_side="left"`` puts
+    the padding first (as for generation); :func:`qstar_lib.logps.per_token_logps` gives the same
+    per-token values for either side.
+    """
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    if not encoded:
+        raise ValueError("pad_batch needs at least one encoded record")
+    if pad_token_id is None:
+        raise ValueError("pad_token_id is None; set tokenizer.pad_token (qstar_lib.models does)")
+    T = max(len(e["input_ids"]) for e in encoded)
+    B = len(encoded)
+    input_ids = torch.full((B, T), int(pad_token_id), dtype=torch.long)  # (B, T)
+    attention_mask = torch.zeros((B, T), dtype=torch.long)  # (B, T)
+    completion_mask = torch.zeros((B, T), dtype=torch.long)  # (B, T)
+    for i, e in enumerate(encoded):
+        n = len(e["input_ids"])
+        if len(e["completion_mask"]) != n:
+            raise ValueError(f"record {i}: completion_mask has length {len(e['completion_mask'])}, input_ids {n}")
+        cols = slice(0, n) if padding_side == "right" else slice(T - n, T)
+        input_ids[i, cols] = torch.as_tensor(e["input_ids"], dtype=torch.long)
+        attention_mask[i, cols] = 1
+        completion_mask[i, cols] = torch.as_tensor(e["completion_mask"], dtype=torch.long)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "completion_mask": completion_mask}
+
+
+def collate_pairs(encoded_pairs: Sequence[Mapping], pad_token_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
+    """One batch ``[chosen rows; rejected rows]`` so a single forward pass scores both.
+
+    Like the DPO reference implementation's ``concatenated_inputs``: rows ``0..B-1`` are the chosen
+    completions and rows ``B..2B-1`` the rejected ones of the same pairs, padded to one length T.
+    Returns ``input_ids``, ``attention_mask``, ``completion_mask``, each (2B, T).
+    """
+    rows = [_side(p, "chosen") for p in encoded_pairs] + [_side(p, "rejected") for p in encoded_pairs]
+    return pad_batch(rows, pad_token_id, padding_side)

@@ -1,0 +1,251 @@
+"""Per-token and sequence log-probabilities, and the per-token implicit rewards of DPO (paper eq. 10).
+
+It knows nothing about optimisers or training loops: it runs a causal LM forward and reads log-probs.
+
+Alignment convention used everywhere: a (B, T) tensor of per-token values is aligned with ``input_ids``;
+entry t is ``log p(input_ids[t] | input_ids[:t])`` where ``completion_mask[t] == 1`` and 0 elsewhere. Entry 0
+is always 0 (the first token has no context), which is why :mod:`qstar_lib.collate` requires a non-empty
+prompt.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from qstar_lib.collate import collate_pairs, encode_pairs
+
+
+def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``log_softmax(logits)`` read at ``index``, without materialising the full (B, T, V) log-softmax.
+
+    Equals the naive one-liner::
+
+        torch.gather(logits.log_softmax(-1), dim=-1, index=index.unsqueeze(-1)).squeeze(-1)
+
+    but holds at most one row's (T, V) temporary at a time. In float32/float64 it subtracts a per-row
+    ``logsumexp`` from the gathered logit; in half precision that subtraction loses digits, so it computes
+    ``log_softmax`` row by row instead (the same choice as TRL's ``selective_log_softmax``).
+
+    Args:
+        logits: (B, T, V). index: (B, T) token ids.
+    Returns:
+        (B, T) log-probabilities, in the dtype of ``logits``.
+    """
+    if logits.dtype in (torch.float32, torch.float64):
+        selected = torch.gather(logits, dim=-1, index=index.unsqueeze(-1)).squeeze(-1)  # (B, T)
+        lse = torch.stack([torch.logsumexp(row, dim=-1) for row in logits])  # (B, T)
+        return selected - lse
+    rows = []
+    for row_logits, row_index in zip(logits, index):  # (T, V), (T,)
+        row_logps = F.log_softmax(row_logits, dim=-1)  # (T, V)
+        rows.append(row_logps.gather(dim=-1, index=row_index.unsqueeze(-1)).squeeze(-1))  # (T,)
+    return torch.stack(rows)  # (B, T)
+
+
+def _accepts(model, name: str) -> bool:
+    try:
+        return name in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def per_token_logps(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    completion_mask: torch.Tensor,
+) -> torch.Tensor:
+    """Per-token log-probs of the completion tokens under ``model``, aligned with ``input_ids``.
+
+    Args:
+        model: a causal LM returning ``.logits``.
+        input_ids, attention_mask, completion_mask: (B, T), padded left or right.
+    Returns:
+        (B, T): entry t = log p(input_ids[t] | input_ids[:t]) where completion_mask[t] == 1, else 0.
+
+    Position ids are computed from the attention mask (``cumsum - 1``), so a left-padded row gets the same
+    positions, and hence the same values, as its right-padded twin. Only the logits from the first
+    completion position onwards are computed (``logits_to_keep``) when the model supports it: with a 49k
+    vocabulary the prompt's logits would otherwise dominate memory. Gradients flow when called outside
+    ``torch.no_grad``.
+    """
+    if input_ids.shape != attention_mask.shape or input_ids.shape != completion_mask.shape:
+        raise ValueError(
+            f"input_ids {tuple(input_ids.shape)}, attention_mask {tuple(attention_mask.shape)} and "
+            f"completion_mask {tuple(completion_mask.shape)} must have the same (B, T) shape"
+        )
+    B, T = input_ids.shape
+    device = input_ids.device
+    completion_mask = completion_mask.bool() & attention_mask.bool()  # (B, T)
+    if bool(completion_mask[:, 0].any()):
+        raise ValueError("completion_mask[:, 0] is set: the first token has no context to predict it from")
+    out = torch.zeros((B, T), dtype=torch.float32, device=device)
+    if not bool(completion_mask.any()):
+        return out
+    # First column holding a completion token in any row; logits are needed from the column before it.
+    start = int(completion_mask.any(dim=0).nonzero()[0])
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
+    kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+    keep = T - start + 1
+    if _accepts(model, "logits_to_keep"):
+        kwargs["logits_to_keep"] = keep
+    logits = model(**kwargs).logits  # (B, keep or T, V)
+    logits = logits[:, -keep:-1]  # (B, T - start, V): predictions for columns start..T-1
+    logps = selective_log_softmax(logits, input_ids[:, start:])  # (B, T - start)
+    # where, not multiply: a padded row's logits may be NaN (fully masked attention) and NaN * 0 = NaN.
+    out = out.to(logps.dtype)
+    out[:, start:] = torch.where(completion_mask[:, start:], logps, torch.zeros_like(logps))
+    return out
+
+
+def sequence_logps(per_token_logps: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
+    """Summed completion log-prob log pi(y|x), (B,): TRL's ``logps/chosen`` before the batch mean."""
+    return (per_token_logps * completion_mask.to(per_token_logps.dtype)).sum(-1)  # (B,)
+
+
+def per_token_rewards(
+    policy_logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    completion_mask: torch.Tensor,
+    beta: float,
+) -> torch.Tensor:
+    """The implicit per-token reward beta * log(pi_theta / pi_ref) on completion tokens (eq. 10), else 0.
+
+    All arguments (B, T); returns (B, T). Summed over a completion it is the sequence reward
+    ``beta * (log pi_theta(y|x) - log pi_ref(y|x))`` that DPO's loss compares (TRL's ``rewards/chosen``).
+    """
+    mask = completion_mask.bool()
+    return torch.where(mask, beta * (policy_logps - ref_logps), torch.zeros_like(policy_logps))  # (B, T)
+
+
+def logits_as_soft_q(logits: torch.Tensor, beta: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Read a language model's logits as a soft Q-function over the next token (eq. 5-7).
+
+    Q(s, a) = logits, V(s) = beta * logsumexp(Q(s, .) / beta), pi(a|s) = softmax(Q(s, .) / beta)
+    = exp((Q(s, a) - V(s)) / beta). With beta = 1 pi is the model's own next-token distribution.
+
+    Args:
+        logits: (..., V). Returns q (..., V), v (...), pi (..., V).
+    """
+    if beta <= 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+    q = logits
+    v = beta * torch.logsumexp(q / beta, dim=-1)  # (...)
+    pi = torch.softmax(q / beta, dim=-1)  # (..., V)
+    return q, v, pi
+
+
+def _model_device(model) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+def _pad_id(tokenizer) -> int:
+    pad = tokenizer.pad_token_id
+    return tokenizer.eos_token_id if pad is None else pad
+
+
+def pair_logps(
+    model,
+    tokenizer,
+    records: Sequence[Mapping],
+    batch_size: int = 8,
+    max_length: int = 512,
+    max_prompt_length: int | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Per-token log-probs of the chosen and rejected completions of preference records, one dict per record.
+
+    Each dict has, for ``side`` in chosen/rejected: ``{side}_per_token_logps`` (list[float] aligned with the
+    completion tokens: ``tokenizer(completion, add_special_tokens=False).input_ids[:n]`` then the EOS if it
+    was kept), ``{side}_logps`` (their sum), ``{side}_ids`` (the token ids of those positions) and
+    ``{side}_has_eos``. Runs under ``torch.inference_mode()`` with a tqdm bar.
+
+    Compute this once for the reference model and pass it as ``ref_scores`` to :func:`score_pairs` to score
+    several policies against the same reference.
+    """
+    from tqdm.auto import tqdm
+
+    encoded = encode_pairs(records, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length)
+    device = _model_device(model)
+    results: list[dict] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for lo in tqdm(range(0, len(encoded), batch_size), desc="log-probs", disable=not progress):
+                chunk = encoded[lo : lo + batch_size]
+                batch = {k: v.to(device) for k, v in collate_pairs(chunk, _pad_id(tokenizer)).items()}
+                logps = per_token_logps(model, **batch).float().cpu()  # (2b, T)
+                mask = batch["completion_mask"].bool().cpu()  # (2b, T)
+                ids = batch["input_ids"].cpu()  # (2b, T)
+                b = len(chunk)
+                for i, pair in enumerate(chunk):
+                    row = {}
+                    for side, r in (("chosen", i), ("rejected", b + i)):
+                        values = logps[r][mask[r]]
+                        row[f"{side}_per_token_logps"] = values.tolist()
+                        row[f"{side}_logps"] = float(values.sum())
+                        row[f"{side}_ids"] = ids[r][mask[r]].tolist()
+                        row[f"{side}_has_eos"] = bool(pair[f"{side}_has_eos"])
+                    results.append(row)
+    finally:
+        model.train(was_training)
+    return results
+
+
+def score_pairs(
+    model,
+    ref_model,
+    tokenizer,
+    records: Sequence[Mapping],
+    beta: float,
+    batch_size: int = 8,
+    max_length: int = 512,
+    max_prompt_length: int | None = None,
+    ref_scores: Sequence[Mapping] | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Per-token implicit rewards (eq. 10) of the chosen and rejected completions of each record.
+
+    The reference log-probs come from ``ref_model`` or, when ``ref_model`` is None, from ``ref_scores``:
+    the output of :func:`pair_logps` for the reference model on the same records and lengths.
+
+    Returns one dict per record with, for ``side`` in chosen/rejected:
+        ``{side}_rewards`` list[float], beta * (log pi - log pi_ref) per completion token (aligned as in
+        :func:`pair_logps`); ``{side}_reward`` their sum (TRL's ``rewards/{side}`` for this pair);
+        ``{side}_logps``, ``ref_{side}_logps`` (sums); ``{side}_ids``; and ``margin`` =
+        chosen_reward - rejected_reward.
+    """
+    if beta <= 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+    if (ref_model is None) == (ref_scores is None):
+        raise ValueError("give exactly one of ref_model and ref_scores (the pair_logps output of the reference)")
+    kw = dict(batch_size=batch_size, max_length=max_length, max_prompt_length=max_prompt_length, progress=progress)
+    policy = pair_logps(model, tokenizer, records, **kw)
+    ref = pair_logps(ref_model, tokenizer, records, **kw) if ref_model is not None else list(ref_scores)
+    if len(ref) != len(policy):
+        raise ValueError(f"ref_scores has {len(ref)} entries for {len(policy)} records")
+    out = []
+    for i, (p, r) in enumerate(zip(policy, ref)):
+        row = {}
+        for side in ("chosen", "rejected"):
+            if list(r[f"{side}_ids"]) != p[f"{side}_ids"]:
+                raise ValueError(f"ref_scores[{i}] {side}_ids differ from the record's tokens (other tokenizer or max_length?)")
+            pol = torch.tensor(p[f"{side}_per_token_logps"], dtype=torch.float64)
+            rf = torch.tensor(r[f"{side}_per_token_logps"], dtype=torch.float64)
+            rewards = beta * (pol - rf)  # eq. 10, per completion token
+            row[f"{side}_rewards"] = rewards.tolist()
+            row[f"{side}_reward"] = float(rewards.sum())
+            row[f"{side}_logps"] = p[f"{side}_logps"]
+            row[f"ref_{side}_logps"] = r[f"{side}_logps"]
+            row[f"{side}_ids"] = p[f"{side}_ids"]
+        row["margin"] = row["chosen_reward"] - row["rejected_reward"]
+        out.append(row)
+    return out

@@ -1,0 +1,84 @@
+"""The one dial: ``QSTAR_SCALE`` = ``ci`` | ``cpu`` | ``gpu``, plus device, dtype and seeding.
+
+This is the only module that reads environment variables, so a notebook that runs at one scale runs
+the same cells at every other; only sizes change. Unset, the dial is ``gpu`` when CUDA is available
+and ``cpu`` otherwise.
+
+It knows nothing about what the sizes are used for: each chapter asks for its own numbers with
+:func:`pick`, so the choice is visible where it is used::
+
+    depth = pick(ci=2, cpu=4, gpu=5)
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import TypeVar
+
+SCALES = ("ci", "cpu", "gpu")
+ENV_VAR = "QSTAR_SCALE"
+
+T = TypeVar("T")
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:  # the exact chapters run without torch
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def active_scale() -> str:
+    """The scale this process runs at: ``$QSTAR_SCALE`` if set, else ``gpu`` with CUDA, else ``cpu``."""
+    value = os.environ.get(ENV_VAR, "").strip().lower()
+    if not value:
+        return "gpu" if _cuda_available() else "cpu"
+    if value not in SCALES:
+        raise ValueError(f"{ENV_VAR}={value!r} is not a scale; choose one of {', '.join(SCALES)}")
+    return value
+
+
+def pick(*, ci: T, cpu: T, gpu: T, scale: str | None = None) -> T:
+    """Return the value for the active scale (or for ``scale`` when given)."""
+    scale = scale or active_scale()
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
+    return {"ci": ci, "cpu": cpu, "gpu": gpu}[scale]
+
+
+def device() -> str:
+    """``cuda`` when a GPU is present, else ``cpu`` (the ci and cpu scales stay on the CPU)."""
+    return "cuda" if active_scale() == "gpu" and _cuda_available() else "cpu"
+
+
+def dtype():
+    """bfloat16 on a GPU that supports it (fp16 overflows in the reference model, DPO repo issue #11), else float32."""
+    import torch
+
+    if device() == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def seed_everything(seed: int = 0) -> None:
+    """Seed Python, NumPy and (if installed) torch, so the same seed gives the same numbers."""
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.manual_seed(seed)
+
+
+def cache_dir() -> str:
+    """Where converted models and trained checkpoints are cached (``$QSTAR_CACHE`` or ``~/.cache/qstar``)."""
+    path = os.environ.get("QSTAR_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "qstar"
+    )
+    os.makedirs(path, exist_ok=True)
+    return path
