@@ -12,6 +12,7 @@ env:
 ## Executed HTML book in _build/html at $QSTAR_SCALE (unset: gpu if CUDA else cpu). Strict: any execution
 ## error or Sphinx warning fails the build.
 book: env
+	@bash scripts/web_assets.sh
 	$(VENV)/bin/jupyter-book build . --builder html --warningiserror --nitpick --keep-going
 
 ## Every test: notebook hygiene, pytest over tests/, nbval over every notebook, all at ci scale.
