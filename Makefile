@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PYTHONHASHSEED := 0
 
-.PHONY: env book test test-fast strip check-notebooks bench clean
+.PHONY: env book test test-fast browser-test strip check-notebooks bench clean
 
 env:
 	@bash scripts/setup_env.sh
@@ -17,10 +17,15 @@ book: env
 
 ## Every test: notebook hygiene, pytest over tests/, nbval over every notebook, all at ci scale.
 test: env check-notebooks
-	QSTAR_SCALE=ci $(PY) -m pytest tests notebooks --nbval-lax -p no:cacheprovider
+	QSTAR_SCALE=ci $(PY) -m pytest tests notebooks --ignore=tests/browser --nbval-lax -p no:cacheprovider
+
+## The built book (_build/html, from `make book`) in headless Chromium: pages, maths, images, links.
+browser-test: env
+	@bash scripts/install_chromium.sh
+	$(PY) -m pytest tests/browser -p no:cacheprovider
 
 test-fast: env
-	QSTAR_SCALE=ci $(PY) -m pytest tests -x -q -p no:cacheprovider
+	QSTAR_SCALE=ci $(PY) -m pytest tests --ignore=tests/browser -x -q -p no:cacheprovider
 
 check-notebooks:
 	@python3 scripts/check_notebooks.py

@@ -1,0 +1,36 @@
+"""Small Sphinx fixes for the book, found by the real-browser test (tests/browser).
+
+- sphinx-thebe registers its inline configuration script once per read phase; Jupyter Book's build can
+  run that phase twice, and the page then declares ``const THEBE_JS_URL`` twice, a console SyntaxError.
+  Identical script entries are dropped before each page is written.
+- pydata-sphinx-theme logs "Got invalid theme mode" when no default mode is set: we set ``light``.
+"""
+
+from __future__ import annotations
+
+
+def _dedupe_scripts(app, pagename, templatename, context, doctree):
+    scripts = context.get("script_files")
+    if not scripts:
+        return
+    seen, unique = set(), []
+    for js in scripts:
+        # an inline script has filename None or "" depending on who added it
+        key = (getattr(js, "filename", None) or "", tuple(sorted((getattr(js, "attributes", None) or {}).items())))
+        if key not in seen:
+            seen.add(key)
+            unique.append(js)
+    context["script_files"] = unique
+
+
+def _theme_defaults(app, config):
+    context = dict(config.html_context or {})
+    context.setdefault("default_mode", "light")
+    config.html_context = context
+
+
+def setup(app):
+    app.connect("config-inited", _theme_defaults)
+    # after the theme and extensions have added their scripts
+    app.connect("html-page-context", _dedupe_scripts, priority=900)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
