@@ -82,3 +82,13 @@ def cache_dir() -> str:
     )
     os.makedirs(path, exist_ok=True)
     return path
+
+
+def judge_endpoint() -> dict:
+    """The LLM judge's OpenAI-compatible endpoint: ``$QSTAR_JUDGE_BASE_URL``, ``$QSTAR_JUDGE_MODEL`` and
+    ``$QSTAR_JUDGE_API_KEY`` (each "" when unset). The key is only passed on, never printed."""
+    return {
+        "base_url": os.environ.get("QSTAR_JUDGE_BASE_URL", ""),
+        "model": os.environ.get("QSTAR_JUDGE_MODEL", ""),
+        "api_key": os.environ.get("QSTAR_JUDGE_API_KEY", ""),
+    }
