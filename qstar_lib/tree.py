@@ -144,7 +144,7 @@ def random_tree(depth: int, branching: int, beta: float = 1.0, seed: int = 0, re
     return TreeMDP(tuple(reward), tuple(pi_ref), beta)
 
 
-def with_trap(tree: TreeMDP, bait: float = 1.0, penalty: float = 3.0, ref_mass: float = 0.7) -> TreeMDP:
+def with_trap(tree: TreeMDP, bait: float = 1.0, penalty: float = 5.0, ref_mass: float = 0.7) -> TreeMDP:
     """Plant a garden path at the root: a tempting first token that leads into a bad subtree.
 
     Action 0 at the root gets the largest immediate reward (by ``bait``) and the largest reference
