@@ -1,0 +1,341 @@
+"""Preference data: the synthetic planted-error TL;DR set, the hub TL;DR loader, validation, and
+span -> token labels.
+
+Records are plain dicts in TRL's preference format (``prompt``/``chosen``/``rejected``), so they go
+straight into TRL or into :mod:`qstar_lib.collate`. Synthetic records also carry their ground truth:
+``errors`` (character spans of the planted errors in ``rejected``), ``facts`` and ``post_values``, which
+is what turns the paper's qualitative Fig. 1 into a measurement of credit assignment.
+
+This module knows nothing about models; a tokenizer is only used to map character spans to tokens
+(:func:`token_labels`) and to check prompt lengths (:func:`validate_records`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+from qstar_lib.data_synthetic import (
+    ERROR_KINDS,
+    ERROR_MIX,
+    FAMILIES,
+    LOCALISED_KINDS,
+    NONLOCAL_KINDS,
+    PAIR_KINDS,
+    PROMPT_TEMPLATE,
+    SPLITS,
+    extract_numbers,
+    fig1_example,
+    generate,
+    normalise_number,
+)
+
+__all__ = [
+    "ERROR_KINDS", "ERROR_MIX", "FAMILIES", "LOCALISED_KINDS", "NONLOCAL_KINDS", "PAIR_KINDS",
+    "PROMPT_TEMPLATE", "SPLITS", "HUB_DATASET", "HUB_SPLITS", "DropReport", "RecordError", "extract_numbers",
+    "fig1_example", "load_tldr_preference", "normalise_number", "synthetic_tldr", "to_hf_dataset",
+    "token_labels", "validate_records", "write_jsonl",
+]
+
+log = logging.getLogger(__name__)
+
+HUB_DATASET = "trl-lib/tldr-preference"
+HUB_SPLITS = ("train", "validation")  # the hub set has no test split
+REDDIT_PREFIX = "SUBREDDIT:"
+REQUIRED = ("prompt", "chosen", "rejected")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The synthetic set
+# ---------------------------------------------------------------------------------------------------
+def synthetic_tldr(n: int, seed: int = 0, split: str = "train", *,
+                   kinds: Sequence[str] | dict[str, float] | None = None,
+                   families: Sequence[str] | None = None) -> list[dict]:
+    """``n`` synthetic TL;DR preference pairs with planted errors, deterministic in ``(seed, split)``.
+
+    Splits ``train``/``validation``/``test`` never share a prompt, whatever the seeds: a prompt's
+    split is fixed by a hash of its text, and each split keeps only its own prompts.
+
+    ``kinds`` chooses the pair kinds (names from :data:`ERROR_MIX`: ``in_post_swap``,
+    ``absent_value``, ``inserted_claim``, ``two_errors``, ``omission``, ``verbosity``), as a list (the
+    documented shares renormalised over those kinds) or a dict of weights; default :data:`ERROR_MIX`.
+    Counts follow the shares exactly (largest remainder), not by chance. ``families`` restricts topics
+    (names in :data:`FAMILIES`). Speed: 20,000 pairs take about 4 s of CPU time.
+
+    Each record: ``id``, ``prompt`` (TRL TL;DR layout, ending ``"TL;DR:"``), ``chosen`` and ``rejected``
+    (each with one leading space), ``errors`` (list of ``{kind, start, end, slot, true, planted}``;
+    offsets into ``rejected``; ``omission``/``verbosity`` entries have ``start == end == -1``),
+    ``n_errors`` (localised errors: 0, 1 or 2), ``kind`` (the pair kind), ``family``, ``facts`` (slot ->
+    value as the chosen summary states it) and ``post_values`` (role -> value as the post writes it).
+    """
+    return generate(n, seed=seed, split=split, kinds=kinds, families=families)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Character spans -> token labels
+# ---------------------------------------------------------------------------------------------------
+def _span_pairs(spans: Iterable[Any]) -> list[tuple[int, int]]:
+    out = []
+    for i, sp in enumerate(spans):
+        start, end = (sp["start"], sp["end"]) if isinstance(sp, dict) else sp
+        if start < 0 or end < 0:
+            continue  # non-localised difference (omission, verbosity): no span
+        if end < start:
+            raise ValueError(f"span {i}: end {end} < start {start}")
+        out.append((int(start), int(end)))
+    return out
+
+
+def token_labels(completion: str, spans: Sequence[tuple[int, int]] | Sequence[dict], tokenizer) -> list[int]:
+    """1 for each token of ``tokenizer(completion, add_special_tokens=False)`` that shows part of a span.
+
+    The rule: a token is labelled iff at least one *non-whitespace* character inside its character
+    offsets lies inside a span ``[start, end)``. Byte-level BPE glues the preceding space to a token
+    (SmolLM2 writes " 250k" as " 2", "5", "0", "k"), so a token like " was" right before a span, whose
+    only contact with the span would be its space, is not labelled; " 2" in that example is, because its
+    digit is in the span. ``spans`` are ``(start, end)`` pairs or error dicts (entries with ``start < 0``
+    are skipped). Needs a fast tokenizer (``return_offsets_mapping``). Returns a list as long as the
+    tokenisation.
+    """
+    pairs = _span_pairs(spans)
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError("token_labels needs a fast (Rust) tokenizer: it reads return_offsets_mapping")
+    enc = tokenizer(completion, add_special_tokens=False, return_offsets_mapping=True)
+    inside = [False] * len(completion)  # character i is a non-space character inside some span
+    for start, end in pairs:
+        for i in range(max(start, 0), min(end, len(completion))):
+            inside[i] = not completion[i].isspace()
+    return [int(any(inside[a:b])) for a, b in enc["offset_mapping"]]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------------------
+class RecordError(ValueError):
+    """A malformed preference record. ``index``, ``record_id``, ``field`` and ``reason`` say which and why."""
+
+    def __init__(self, index: int, field: str, problem: str, reason: str, record_id: Any = None):
+        where = f"record {index}" + (f" (id {record_id})" if record_id is not None else "")
+        super().__init__(f"{where}: field {field!r} {problem}")
+        self.index, self.field, self.reason, self.record_id = index, field, reason, record_id
+
+
+@dataclass
+class DropReport:
+    """What ``validate_records(..., drop_invalid=True)`` removed: counts by reason and every message."""
+
+    n_total: int = 0
+    n_kept: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    dropped: list[tuple[int, Any, str]] = field(default_factory=list)  # (index, id, message)
+
+    @property
+    def n_dropped(self) -> int:
+        return self.n_total - self.n_kept
+
+    @property
+    def indices(self) -> list[int]:
+        return [i for i, _, _ in self.dropped]
+
+    def __str__(self) -> str:
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(self.counts.items())) or "none"
+        return f"dropped {self.n_dropped} of {self.n_total} records ({reasons})"
+
+
+def _check_errors(i: int, rid: Any, rec: dict) -> None:
+    errors = rec["errors"]
+    if not isinstance(errors, list):
+        raise RecordError(i, "errors", f"is not a list (got {type(errors).__name__})", "bad_span", rid)
+    rejected = rec["rejected"]
+    n_loc = 0
+    for j, err in enumerate(errors):
+        name = f"errors[{j}]"
+        if not isinstance(err, dict) or not {"kind", "start", "end"} <= set(err):
+            raise RecordError(i, name, "needs keys 'kind', 'start', 'end'", "bad_span", rid)
+        kind, start, end = err["kind"], err["start"], err["end"]
+        if kind not in ERROR_KINDS:
+            raise RecordError(i, name, f"has unknown kind {kind!r} (known: {', '.join(ERROR_KINDS)})", "bad_span", rid)
+        if not isinstance(start, int) or not isinstance(end, int):
+            raise RecordError(i, name, "has non-integer start/end", "bad_span", rid)
+        if kind in NONLOCAL_KINDS and start == end == -1:
+            continue
+        if kind in LOCALISED_KINDS:
+            n_loc += 1
+        if not 0 <= start < end <= len(rejected):
+            raise RecordError(i, name, f"span {start}:{end} is outside 'rejected' (length {len(rejected)})", "bad_span", rid)
+        planted = err.get("planted")
+        if isinstance(planted, str) and planted and not planted.endswith(rejected[start:end]):
+            raise RecordError(i, name, f"span text {rejected[start:end]!r} is not the end of the planted value {planted!r}",
+                              "bad_span", rid)
+    if "n_errors" in rec and rec["n_errors"] != n_loc:
+        raise RecordError(i, "n_errors", f"is {rec['n_errors']} but 'errors' has {n_loc} localised errors", "bad_span", rid)
+
+
+def _check_record(i: int, rec: Any, tokenizer, max_prompt_tokens: int | None, seen_ids: dict) -> None:
+    if not isinstance(rec, dict):
+        raise RecordError(i, "<record>", f"is not a dict (got {type(rec).__name__})", "not_dict")
+    rid = rec.get("id")
+    for key in REQUIRED:
+        if key not in rec:
+            raise RecordError(i, key, "is missing", "missing", rid)
+        if not isinstance(rec[key], str):
+            raise RecordError(i, key, f"is not a string (got {type(rec[key]).__name__})", "not_string", rid)
+        if not rec[key].strip():
+            raise RecordError(i, key, "is empty", "empty", rid)
+    if rec["chosen"] == rec["rejected"]:
+        raise RecordError(i, "rejected", "is identical to 'chosen'", "identical", rid)
+    if rid is not None:
+        if rid in seen_ids:
+            raise RecordError(i, "id", f"repeats the id of record {seen_ids[rid]}", "duplicate_id", rid)
+        seen_ids[rid] = i
+    if tokenizer is not None and max_prompt_tokens is not None:
+        n_tok = len(tokenizer(rec["prompt"], add_special_tokens=False)["input_ids"])
+        if n_tok > max_prompt_tokens:
+            raise RecordError(i, "prompt", f"has {n_tok} tokens, more than max_prompt_tokens={max_prompt_tokens}",
+                              "too_long", rid)
+    if "errors" in rec:
+        _check_errors(i, rid, rec)
+
+
+def validate_records(records: Sequence[dict], *, tokenizer=None, max_prompt_tokens: int | None = None,
+                     drop_invalid: bool = False):
+    """Check preference records; raise :class:`RecordError` naming the record and the field.
+
+    Checks: the record is a dict; ``prompt``/``chosen``/``rejected`` exist, are strings and are not
+    empty after stripping; ``chosen != rejected``; ids (when present) are unique; the prompt fits in
+    ``max_prompt_tokens`` (only when a tokenizer is given too); and for records with ``errors``, every
+    span lies inside ``rejected``, ends the planted value, and ``n_errors`` counts the localised ones.
+
+    Default: returns ``records`` (the same list) when all are valid, else raises on the first bad one.
+    With ``drop_invalid=True`` returns ``(kept, report)``: the valid records and a :class:`DropReport`
+    (counts by reason, indices, messages), which is also issued as a ``UserWarning`` and logged when
+    anything was dropped. Nothing is dropped silently.
+    """
+    seen_ids: dict = {}
+    if not drop_invalid:
+        for i, rec in enumerate(records):
+            _check_record(i, rec, tokenizer, max_prompt_tokens, seen_ids)
+        return records
+    kept, report = [], DropReport(n_total=len(records))
+    counts: Counter = Counter()
+    for i, rec in enumerate(records):
+        try:
+            _check_record(i, rec, tokenizer, max_prompt_tokens, seen_ids)
+        except RecordError as err:
+            counts[err.reason] += 1
+            report.dropped.append((i, err.record_id, str(err)))
+            continue
+        kept.append(rec)
+    report.n_kept, report.counts = len(kept), dict(counts)
+    if report.dropped:
+        msg = f"validate_records: {report}; first: {report.dropped[0][2]}"
+        warnings.warn(msg, UserWarning, stacklevel=2)
+        log.warning(msg)
+    return kept, report
+
+
+# ---------------------------------------------------------------------------------------------------
+# TL;DR from the hub or from a local file
+# ---------------------------------------------------------------------------------------------------
+def _read_local(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"load_tldr_preference: no file at path={path!r}")
+    if path.endswith(".jsonl") or path.endswith(".json"):
+        with open(path, encoding="utf-8") as f:
+            rows = []
+            for line_no, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as err:
+                        raise ValueError(f"{path}: line {line_no} is not JSON ({err.msg})") from err
+            return rows
+    if path.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    raise ValueError(f"load_tldr_preference: path={path!r} must end in .jsonl or .parquet")
+
+
+def _read_hub(split: str) -> list[dict]:
+    if split not in HUB_SPLITS:
+        raise ValueError(f"split={split!r}: {HUB_DATASET} has the splits {', '.join(HUB_SPLITS)}")
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(HUB_DATASET, split=split)
+    except Exception as err:  # offline, no cache, hub down: say what to use instead
+        raise ConnectionError(
+            f"could not load {HUB_DATASET!r} (split {split!r}) from the Hugging Face hub: "
+            f"{type(err).__name__}: {err}. Offline, use qstar_lib.data.synthetic_tldr(n) (the offline default), "
+            f"or pass path= to a local .jsonl/.parquet file with prompt/chosen/rejected columns."
+        ) from err
+    return [dict(row) for row in ds]
+
+
+def load_tldr_preference(split: str = "train", *, n: int | None = None, path: str | None = None,
+                         reddit_only: bool = True) -> list[dict]:
+    """Reddit TL;DR preference pairs (prompt/chosen/rejected), from a local file or from the hub.
+
+    With ``path`` (a ``.jsonl`` or ``.parquet`` file in the schema of ``trl-lib/tldr-preference``)
+    the file is read; without it, ``datasets.load_dataset("trl-lib/tldr-preference", split=split)``.
+    Offline that raises a ``ConnectionError`` naming the offline default, :func:`synthetic_tldr`.
+
+    The hub's validation split mixes in CNN/DailyMail rows (about 2.3k of its 86.1k; TRL's
+    ``trl-internal-testing/tldr-preference-trl-style`` keeps them apart as ``validation_cnndm``). Their
+    prompts are written ``"Article:\\n...\\n\\nTL;DR:"`` while every Reddit prompt starts with
+    ``"SUBREDDIT:"``, so with ``reddit_only`` (default) rows whose prompt does not start with
+    ``"SUBREDDIT:"`` are removed, and how many is reported in a warning. Then the first ``n`` rows are
+    kept, an ``id`` (``f"{split}-{i:06d}"``) is added where missing, and :func:`validate_records` runs
+    with ``drop_invalid=True`` (dropped rows are reported in a warning, never silently).
+    """
+    rows = _read_local(path) if path is not None else _read_hub(split)
+    if reddit_only:
+        kept = [r for r in rows if isinstance(r.get("prompt"), str) and r["prompt"].startswith(REDDIT_PREFIX)]
+        if len(kept) < len(rows):
+            msg = (f"load_tldr_preference: removed {len(rows) - len(kept)} of {len(rows)} rows whose prompt does "
+                   f"not start with {REDDIT_PREFIX!r} (CNN/DailyMail articles)")
+            warnings.warn(msg, UserWarning, stacklevel=2)
+            log.warning(msg)
+        rows = kept
+    if n is not None:
+        rows = rows[:n]
+    for i, r in enumerate(rows):
+        r.setdefault("id", f"{split}-{i:06d}")
+    kept, _ = validate_records(rows, drop_invalid=True)
+    return kept
+
+
+# ---------------------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------------------
+def write_jsonl(records: Iterable[dict], path: str) -> str:
+    """Write one JSON object per line (UTF-8); create the folder if needed. Returns ``path``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for rec in records:
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    return path
+
+
+JSON_COLUMNS = ("facts", "post_values")
+
+
+def to_hf_dataset(records: Sequence[dict]):
+    """A ``datasets.Dataset`` of the records (TRL's DPOTrainer reads prompt/chosen/rejected from it).
+
+    ``facts`` and ``post_values`` have different keys in every topic family; Arrow would turn them
+    into one wide struct full of nulls, so they are stored as JSON strings (``json.loads`` them back).
+    ``errors`` stays a list of structs.
+    """
+    import datasets
+
+    rows = [{k: (json.dumps(v) if k in JSON_COLUMNS and isinstance(v, dict) else v) for k, v in r.items()}
+            for r in records]
+    return datasets.Dataset.from_list(rows)

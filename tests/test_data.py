@@ -1,0 +1,408 @@
+"""Tests of qstar_lib.data: the synthetic planted-error set, validation, token labels and loaders.
+
+Nothing here touches the network or a model hub: the tokenizer is trained in memory with `tokenizers`,
+and the hub loader is tested through monkeypatched ``datasets.load_dataset``.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import re
+
+import pytest
+
+from qstar_lib import data
+from qstar_lib.data import (
+    ERROR_MIX,
+    FAMILIES,
+    DropReport,
+    RecordError,
+    extract_numbers,
+    fig1_example,
+    load_tldr_preference,
+    normalise_number,
+    synthetic_tldr,
+    to_hf_dataset,
+    token_labels,
+    validate_records,
+    write_jsonl,
+)
+from qstar_lib.data_synthetic import CLAIM_KEYS, TYPES, text_key
+
+N = 600  # records per check: 10 families x 6 kinds, every combination many times
+
+
+@pytest.fixture(scope="module")
+def train():
+    return synthetic_tldr(N, seed=0, split="train")
+
+
+@pytest.fixture(scope="module")
+def bpe_tokenizer():
+    """A byte-level BPE trained in memory on synthetic texts, wrapped as a HF fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    texts = [r["prompt"] + r["chosen"] + r["rejected"] for r in synthetic_tldr(300, seed=5, split="test")]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(  # digits one by one, as SmolLM2 splits them
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=600, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tok)
+
+
+def _localised(rec):
+    return [e for e in rec["errors"] if e["start"] >= 0]
+
+
+# ------------------------------------------------------------------------------------------ the set
+def test_schema_and_prompt_layout(train):
+    for r in train:
+        assert set(r) >= {"id", "prompt", "chosen", "rejected", "errors", "n_errors", "family", "facts", "post_values"}
+        assert re.fullmatch(r"SUBREDDIT: r/\w+\n\nTITLE: .+\n\nPOST: .+\n\nTL;DR:", r["prompt"], re.S)
+        for key in ("chosen", "rejected"):
+            assert r[key].startswith(" ") and not r[key].startswith("  ")
+        assert r["chosen"] != r["rejected"]
+        assert r["n_errors"] == len(_localised(r)) and r["n_errors"] in (0, 1, 2)
+    assert len({r["id"] for r in train}) == len(train)
+    assert validate_records(train) is train
+
+
+def test_determinism_by_seed_and_split():
+    a, b = synthetic_tldr(40, seed=3), synthetic_tldr(40, seed=3)
+    assert a == b
+    assert synthetic_tldr(40, seed=4) != a
+    assert synthetic_tldr(40, seed=3, split="validation") != a
+
+
+def test_splits_are_disjoint():
+    prompts = {s: {r["prompt"] for r in synthetic_tldr(400, seed=0, split=s)} for s in ("train", "validation", "test")}
+    assert not prompts["train"] & prompts["validation"]
+    assert not prompts["train"] & prompts["test"]
+    assert not prompts["validation"] & prompts["test"]
+    other_seed = {r["prompt"] for r in synthetic_tldr(400, seed=9, split="test")}
+    assert not other_seed & prompts["train"]  # disjoint across seeds as well: a prompt's split is fixed by its text
+    with pytest.raises(ValueError, match="split"):
+        synthetic_tldr(1, split="dev")
+
+
+def test_families_and_same_type_values(train):
+    assert len(FAMILIES) >= 8
+    assert {r["family"] for r in train} == set(FAMILIES)
+    for fam in FAMILIES.values():
+        types = collections.Counter(s.type for s in fam.slots.values())
+        assert max(types.values()) >= 2, f"{fam.name}: no two values of one type"
+        assert len(fam.posts) >= 3 and len(fam.summaries) >= 3 and len(fam.claims) >= 5
+    from qstar_lib import data_synthetic as ds
+
+    for pool in (ds.FEMALE_NAMES, ds.MALE_NAMES, ds.PET_NAMES, ds.US_CITIES, ds.WORLD_CITIES, ds.CARS, ds.CAMERAS,
+                 ds.SCHOOLS, ds.ROLES):
+        assert len(set(pool)) >= 30
+
+
+def test_post_and_summary_lengths(train):
+    for r in train:
+        post = r["prompt"].split("POST: ", 1)[1].rsplit("\n\nTL;DR:", 1)[0]
+        assert 80 <= len(post.split()) <= 200, post
+        sentences = [s for s in re.split(r"(?<=[.!?])\s+", post.strip()) if s]
+        assert 3 <= len(sentences) <= 8, post
+        assert 15 <= len(r["chosen"].split()) <= 40, r["chosen"]
+
+
+def test_mix_of_kinds_is_exact_and_selectable():
+    recs = synthetic_tldr(1000, seed=1)
+    counts = collections.Counter(r["kind"] for r in recs)
+    assert counts == {k: round(1000 * w) for k, w in ERROR_MIX.items()}
+    only = synthetic_tldr(60, seed=1, kinds=["in_post_swap"])
+    assert all(r["kind"] == "in_post_swap" and [e["kind"] for e in r["errors"]] == ["in_post_swap"] for r in only)
+    two = synthetic_tldr(60, seed=1, kinds={"two_errors": 1.0})
+    assert all(r["n_errors"] == 2 for r in two)
+    with pytest.raises(ValueError, match="kinds"):
+        synthetic_tldr(5, kinds=["typo"])
+
+
+def test_spans_point_at_the_planted_value(train):
+    n_checked = 0
+    for r in train:
+        for e in _localised(r):
+            text = r["rejected"][e["start"]:e["end"]]
+            assert text and e["planted"].endswith(text)
+            assert not text[0].isspace()
+            if e["kind"] != "inserted_claim":
+                k = len(e["planted"]) - len(text)  # the shared prefix with the true value
+                assert e["planted"][:k] == e["true"][:k]
+                assert k >= len(e["true"]) or e["planted"][k] != e["true"][k]  # the span starts where they differ
+                assert r["chosen"].count(e["true"]) >= 1
+            n_checked += 1
+    assert n_checked > N // 2
+
+
+def test_swapped_values_are_in_the_post_and_absent_values_are_not(train):
+    for r in train:
+        numbers = {round(v, 6) for v, _, _ in extract_numbers(r["prompt"])}
+        for e in _localised(r):
+            if e["kind"] == "inserted_claim":
+                key = next(k for k in CLAIM_KEYS if k.lower() in e["planted"].lower())
+                assert key.lower() not in r["prompt"].lower()
+                continue
+            kind = TYPES[FAMILIES[r["family"]].slots[e["slot"]].type].kind
+            if kind == "number":
+                value = round(normalise_number(e["planted"]), 6)
+                in_post = value in numbers
+                other_roles = [s for s, v in r["post_values"].items()
+                               if s != e["slot"] and normalise_number(v) is not None and round(normalise_number(v), 6) == value]
+            else:
+                in_post = re.search(r"(?<![A-Za-z0-9])" + re.escape(text_key(e["planted"])) + r"(?![A-Za-z0-9])",
+                                    r["prompt"]) is not None
+                other_roles = [s for s, v in r["post_values"].items() if s != e["slot"] and v == e["planted"]]
+            if e["kind"] == "in_post_swap":
+                assert in_post and other_roles, (e, r["post_values"])
+                assert all(r["post_values"][s] in r["prompt"] for s in other_roles)
+            else:
+                assert not in_post and not other_roles, (e, r["prompt"])
+
+
+def test_facts_and_post_values_are_in_the_texts(train):
+    for r in train:
+        for s, v in r["post_values"].items():
+            assert v in r["prompt"], (s, v)
+        for s, v in r["facts"].items():
+            assert v in r["chosen"], (s, v)
+
+
+def test_fig1_example():
+    r = fig1_example()
+    assert "38k" in r["chosen"] and "250k" not in r["chosen"]
+    assert "250k" in r["rejected"] and "management position" in r["rejected"]
+    assert [e["kind"] for e in r["errors"]] == ["absent_value", "inserted_claim"] and r["n_errors"] == 2
+    assert [r["rejected"][e["start"]:e["end"]] for e in r["errors"]] == ["250k", "for a management position"]
+    assert "$38,000" in r["prompt"] and "250" not in r["prompt"]
+    validate_records([r])
+
+
+def test_twenty_thousand_pairs():
+    recs = synthetic_tldr(20_000, seed=0)  # no time assertion (about 4 s CPU, see synthetic_tldr's docstring)
+    assert len(recs) == 20_000 and len({r["prompt"] for r in recs}) == 20_000
+
+
+# ------------------------------------------------------------------------------------------ numbers
+@pytest.mark.parametrize("text, value", [
+    ("38k", 38000), ("$38,000", 38000), ("38 000", 38000), ("$38k", 38000), ("38K", 38000),
+    ("14.5k", 14500), ("$1.2M", 1_200_000), ("2 million", 2_000_000), ("40 grand", 40000),
+    ("$1,250", 1250), ("27F", 27), ("(31M)", 31), ("2015", 2015), ("$ 41,000", 41000),
+])
+def test_number_normalisation(text, value):
+    assert normalise_number(text) == value
+
+
+def test_numbers_in_free_text():
+    got = [v for v, _, _ in extract_numbers("Asked 38-45k, offered 38 000; my 2nd offer, a Canon EOS 80D, Sony A7 III.")]
+    assert got == [38000, 45000, 38000]
+
+
+# ------------------------------------------------------------------------------------------ token labels
+def _naive_labels(completion, spans, tokenizer):
+    enc = tokenizer(completion, add_special_tokens=False, return_offsets_mapping=True)
+    out = []
+    for a, b in enc["offset_mapping"]:
+        out.append(int(any(not completion[i].isspace() and any(s <= i < e for s, e in spans) for i in range(a, b))))
+    return out
+
+
+def test_token_labels_rule(bpe_tokenizer):
+    tok = bpe_tokenizer
+    completion = " I asked for 38k and was offered 250k for a management position."
+    start = completion.index("250k")
+    labels = token_labels(completion, [(start, start + 4)], tok)
+    enc = tok(completion, add_special_tokens=False, return_offsets_mapping=True)
+    assert len(labels) == len(enc["input_ids"])
+    pieces = [completion[a:b] for a, b in enc["offset_mapping"]]
+    labelled = "".join(p for p, lab in zip(pieces, labels) if lab)
+    assert labelled.strip() == "250k"
+    assert sum(labels) >= 3  # digits are split one by one, as in SmolLM2
+    # a token whose only contact with the span is its leading space is not labelled
+    assert token_labels(completion, [(start - 1, start)], tok) == [0] * len(labels)
+    ws = completion.index(" was")
+    assert pieces[[a for a, _ in enc["offset_mapping"]].index(ws)] == " was"  # the space is glued to "was"
+    assert token_labels(completion, [(ws, ws + 1)], tok) == [0] * len(labels)
+    assert sum(token_labels(completion, [(ws, ws + 2)], tok)) == 1
+    # a span that starts at a space: the token before the value is not labelled for its space alone
+    labels_space = token_labels(completion, [(start - 1, start + 4)], tok)
+    assert labels_space == labels
+    # dict spans, and the -1 spans of non-localised errors, are accepted
+    assert token_labels(completion, [{"start": start, "end": start + 4}, {"start": -1, "end": -1}], tok) == labels
+    assert token_labels(completion, [], tok) == [0] * len(labels)
+
+
+def test_token_labels_match_naive_reference_on_records(bpe_tokenizer, train):
+    for r in train[:150]:
+        spans = [(e["start"], e["end"]) for e in _localised(r)]
+        labels = token_labels(r["rejected"], r["errors"], bpe_tokenizer)
+        assert labels == _naive_labels(r["rejected"], spans, bpe_tokenizer)
+        assert sum(labels) >= r["n_errors"]  # every planted error covers at least one token
+
+
+def test_token_labels_needs_a_fast_tokenizer():
+    class Slow:
+        is_fast = False
+
+    with pytest.raises(ValueError, match="fast"):
+        token_labels(" x", [(1, 2)], Slow())
+
+
+# ------------------------------------------------------------------------------------------ validation
+def _good():
+    return [dict(r) for r in synthetic_tldr(5, seed=2, split="validation")]
+
+
+def _mutate(case):
+    recs = _good()
+    r = recs[3]
+    if case == "missing":
+        del r["chosen"]
+    elif case == "not_string":
+        r["rejected"] = 7
+    elif case == "empty_prompt":
+        r["prompt"] = "  \n"
+    elif case == "empty_chosen":
+        r["chosen"] = "   "
+    elif case == "identical":
+        r["rejected"] = r["chosen"]
+    elif case == "span_out_of_range":
+        r["errors"] = [dict(kind="absent_value", start=5, end=10_000, slot="x", true="a", planted="b")]
+        r["n_errors"] = 1
+    elif case == "span_text":
+        r["errors"] = [dict(kind="absent_value", start=1, end=3, slot="x", true="a", planted="zz")]
+        r["n_errors"] = 1
+    elif case == "bad_kind":
+        r["errors"] = [dict(kind="typo", start=1, end=3)]
+    elif case == "n_errors":
+        r["n_errors"] = r["n_errors"] + 1
+    elif case == "duplicate_id":
+        r["id"] = recs[1]["id"]
+    elif case == "not_dict":
+        recs[3] = "prompt chosen rejected"
+    return recs
+
+
+CASES = {  # case -> (field named in the message, reason)
+    "missing": ("chosen", "missing"), "not_string": ("rejected", "not_string"), "empty_prompt": ("prompt", "empty"),
+    "empty_chosen": ("chosen", "empty"), "identical": ("rejected", "identical"),
+    "span_out_of_range": ("errors[0]", "bad_span"), "span_text": ("errors[0]", "bad_span"),
+    "bad_kind": ("errors[0]", "bad_span"), "n_errors": ("n_errors", "bad_span"),
+    "duplicate_id": ("id", "duplicate_id"), "not_dict": ("<record>", "not_dict"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_malformed_record_raises_naming_index_and_field(case):
+    recs = _mutate(case)
+    field, reason = CASES[case]
+    with pytest.raises(RecordError) as info:
+        validate_records(recs)
+    msg = str(info.value)
+    assert msg.startswith("record 3") and f"field '{field}'" in msg
+    if case != "not_dict":
+        assert f"(id {recs[3]['id']})" in msg
+    assert info.value.index == 3 and info.value.field == field and info.value.reason == reason
+    assert isinstance(info.value, ValueError)
+
+
+def test_prompt_too_long(bpe_tokenizer):
+    recs = _good()
+    n_tok = len(bpe_tokenizer(recs[2]["prompt"], add_special_tokens=False)["input_ids"])
+    validate_records(recs[2:3], tokenizer=bpe_tokenizer, max_prompt_tokens=n_tok)
+    with pytest.raises(RecordError, match=r"record 0 .*field 'prompt' has \d+ tokens"):
+        validate_records(recs[2:3], tokenizer=bpe_tokenizer, max_prompt_tokens=n_tok - 1)
+
+
+def test_drop_invalid_reports_counts():
+    recs = _good()
+    recs[1]["chosen"] = ""
+    recs[3]["rejected"] = recs[3]["chosen"]
+    recs[4]["chosen"] = ""
+    with pytest.warns(UserWarning, match="dropped 3 of 5"):
+        kept, report = validate_records(recs, drop_invalid=True)
+    assert isinstance(report, DropReport)
+    assert [r["id"] for r in kept] == [recs[0]["id"], recs[2]["id"]]
+    assert report.counts == {"empty": 2, "identical": 1} and report.indices == [1, 3, 4]
+    assert report.n_total == 5 and report.n_kept == 2 and report.n_dropped == 3
+    clean, clean_report = validate_records(_good(), drop_invalid=True)
+    assert len(clean) == 5 and clean_report.counts == {}
+
+
+# ------------------------------------------------------------------------------------------ loaders
+def _hub_like_rows():
+    reddit = [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]}
+              for r in synthetic_tldr(6, seed=7, split="test")]
+    cnn = {"prompt": "Article:\nA storm hit the coast on Monday.\n\nTL;DR:", "chosen": " storm hits", "rejected": " sun"}
+    return reddit[:3] + [cnn] + reddit[3:]
+
+
+def test_load_local_jsonl_and_parquet(tmp_path):
+    rows = _hub_like_rows()
+    path = write_jsonl(rows, str(tmp_path / "sub" / "tldr.jsonl"))
+    with pytest.warns(UserWarning, match="removed 1 of 7"):
+        got = load_tldr_preference("validation", path=path)
+    assert [r["prompt"] for r in got] == [r["prompt"] for r in rows if r["prompt"].startswith("SUBREDDIT:")]
+    assert got[0]["id"] == "validation-000000"
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(rows), str(tmp_path / "tldr.parquet"))
+    with pytest.warns(UserWarning):
+        got_pq = load_tldr_preference("validation", path=str(tmp_path / "tldr.parquet"), n=2)
+    assert [r["prompt"] for r in got_pq] == [r["prompt"] for r in got[:2]]
+
+
+def test_load_local_reports_invalid_rows(tmp_path):
+    rows = _hub_like_rows()[:3]
+    rows[1] = dict(rows[1], rejected=rows[1]["chosen"])
+    path = write_jsonl(rows, str(tmp_path / "bad.jsonl"))
+    with pytest.warns(UserWarning, match="identical: 1"):
+        got = load_tldr_preference(path=path)
+    assert len(got) == 2
+    with pytest.raises(ValueError, match="jsonl or .parquet"):
+        load_tldr_preference(path=write_jsonl(rows, str(tmp_path / "x.txt")))
+
+
+def test_hub_loader_offline_error_names_the_default(monkeypatch, no_network):
+    import datasets
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'trl-lib/tldr-preference' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(ConnectionError, match="synthetic_tldr"):
+        load_tldr_preference("train")
+    with pytest.raises(ValueError, match="splits train, validation"):
+        load_tldr_preference("test")
+
+
+def test_hub_loader_filters_cnn_dm(monkeypatch):
+    import datasets
+
+    calls = []
+
+    def fake(name, split):
+        calls.append((name, split))
+        return datasets.Dataset.from_list(_hub_like_rows())
+
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    with pytest.warns(UserWarning, match="CNN/DailyMail"):
+        got = load_tldr_preference("validation", n=4)
+    assert calls == [(data.HUB_DATASET, "validation")]
+    assert len(got) == 4 and all(r["prompt"].startswith("SUBREDDIT:") for r in got)
+
+
+def test_to_hf_dataset_and_jsonl_round_trip(tmp_path, train):
+    recs = train[:20]
+    ds = to_hf_dataset(recs)
+    assert ds.num_rows == 20 and ds[0]["prompt"] == recs[0]["prompt"]
+    assert json.loads(ds[3]["facts"]) == recs[3]["facts"]
+    assert ds[5]["errors"] == recs[5]["errors"]
+    path = write_jsonl(recs, str(tmp_path / "r.jsonl"))
+    with open(path, encoding="utf-8") as f:
+        assert [json.loads(line) for line in f] == recs
