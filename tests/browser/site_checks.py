@@ -140,8 +140,11 @@ const errors = document.querySelectorAll('mjx-merror');
 const imgs = Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.getAttribute('src'));
 const links = Array.from(document.querySelectorAll('a[href]')).map(a => a.getAttribute('href'));
 const buttons = Array.from(document.querySelectorAll('a, button')).map(e => (e.getAttribute('href') || '') + ' ' + (e.getAttribute('title') || e.getAttribute('data-bs-title') || e.textContent || '').trim());
+// prose only: code cells and literal blocks legitimately contain backslashes and dollars
+const prose = (document.querySelector('main') || document.body).cloneNode(true);
+prose.querySelectorAll('pre, code, .highlight, script, style, mjx-container').forEach(e => e.remove());
 return {math: math.length, typeset: typeset.length, errors: errors.length, imgs, links, buttons,
-        text: document.querySelector('main') ? document.querySelector('main').innerText : document.body.innerText};
+        text: prose.textContent};
 """
 
 
