@@ -25,7 +25,7 @@ browser-test: env
 	$(PY) -m pytest tests/browser -p no:cacheprovider
 
 test-fast: env
-	QSTAR_SCALE=ci $(PY) -m pytest tests --ignore=tests/browser -x -q -p no:cacheprovider
+	QSTAR_SCALE=ci $(PY) -m pytest tests --ignore=tests/browser -x -q -p no:cacheprovider -m "not slow"
 
 check-notebooks:
 	@python3 scripts/check_notebooks.py

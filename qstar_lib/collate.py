@@ -144,7 +144,8 @@ def encode_pairs(
             enc = encode_completion(prompt, _field(record, i, side), tokenizer, max_length, max_prompt_length)
             pair.update({f"{side}_{k}": v for k, v in enc.items()})
         out.append(pair)
-    _warn_truncations([_side(p, "chosen") for p in out] + [_side(p, "rejected") for p in out], "completions", max_length)
+    sides = [_side(p, "chosen") for p in out] + [_side(p, "rejected") for p in out]
+    _warn_truncations(sides, "completions", max_length)
     return out
 
 
@@ -200,7 +201,9 @@ def pad_batch(encoded: Sequence[Mapping], pad_token_id: int, padding_side: str =
     return {"input_ids": input_ids, "attention_mask": attention_mask, "completion_mask": completion_mask}
 
 
-def collate_pairs(encoded_pairs: Sequence[Mapping], pad_token_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
+def collate_pairs(
+    encoded_pairs: Sequence[Mapping], pad_token_id: int, padding_side: str = "right"
+) -> dict[str, torch.Tensor]:
     """One batch ``[chosen rows; rejected rows]`` so a single forward pass scores both.
 
     Like the DPO reference implementation's ``concatenated_inputs``: rows ``0..B-1`` are the chosen

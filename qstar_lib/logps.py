@@ -47,8 +47,10 @@ def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Te
 
 
 def _accepts(model, name: str) -> bool:
+    """Whether ``model.forward`` takes keyword ``name`` (looking through DDP-style ``.module`` wrappers)."""
+    inner = getattr(model, "module", model)
     try:
-        return name in inspect.signature(model.forward).parameters
+        return name in inspect.signature(inner.forward).parameters
     except (TypeError, ValueError):
         return False
 
@@ -89,10 +91,10 @@ def per_token_logps(
     # First column holding a completion token in any row; logits are needed from the column before it.
     start = int(completion_mask.any(dim=0).nonzero()[0])
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
-    kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
     keep = T - start + 1
-    if _accepts(model, "logits_to_keep"):
-        kwargs["logits_to_keep"] = keep
+    kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+    optional = {"position_ids": position_ids, "logits_to_keep": keep, "use_cache": False}  # no KV cache needed
+    kwargs.update({k: v for k, v in optional.items() if _accepts(model, k)})
     logits = model(**kwargs).logits  # (B, keep or T, V)
     logits = logits[:, -keep:-1]  # (B, T - start, V): predictions for columns start..T-1
     logps = selective_log_softmax(logits, input_ids[:, start:])  # (B, T - start)
@@ -191,7 +193,7 @@ def pair_logps(
                     for side, r in (("chosen", i), ("rejected", b + i)):
                         values = logps[r][mask[r]]
                         row[f"{side}_per_token_logps"] = values.tolist()
-                        row[f"{side}_logps"] = float(values.sum())
+                        row[f"{side}_logps"] = float(values.double().sum())
                         row[f"{side}_ids"] = ids[r][mask[r]].tolist()
                         row[f"{side}_has_eos"] = bool(pair[f"{side}_has_eos"])
                     results.append(row)
@@ -237,7 +239,9 @@ def score_pairs(
         row = {}
         for side in ("chosen", "rejected"):
             if list(r[f"{side}_ids"]) != p[f"{side}_ids"]:
-                raise ValueError(f"ref_scores[{i}] {side}_ids differ from the record's tokens (other tokenizer or max_length?)")
+                raise ValueError(
+                    f"ref_scores[{i}] {side}_ids differ from record {i}'s tokens (another tokenizer or max_length?)"
+                )
             pol = torch.tensor(p[f"{side}_per_token_logps"], dtype=torch.float64)
             rf = torch.tensor(r[f"{side}_per_token_logps"], dtype=torch.float64)
             rewards = beta * (pol - rf)  # eq. 10, per completion token

