@@ -27,11 +27,13 @@ browser-test: env
 test-fast: env
 	QSTAR_SCALE=ci $(PY) -m pytest tests --ignore=tests/browser -x -q -p no:cacheprovider -m "not slow"
 
-check-notebooks:
-	@python3 scripts/check_notebooks.py
+check-notebooks: env
+	@$(PY) scripts/check_notebooks.py
+	@$(PY) scripts/notebook_cells.py --check
 
-strip:
-	@python3 scripts/check_notebooks.py --strip
+strip: env
+	@$(PY) scripts/check_notebooks.py --strip
+	@$(PY) scripts/notebook_cells.py
 
 bench: env
 	$(PY) benchmarks/bench_dpo.py --model smollm2-135m

@@ -85,3 +85,12 @@ def test_each_check_catches_its_failure(site, pages, driver, tmp_path, pattern, 
     with serve(broken) as base_url:
         report = check_page(driver, base_url, broken, page)
     assert any(p.startswith(symptom) for p in report.problems()), report.problems()
+
+
+def test_notebook_pages_show_launch_buttons(site, pages, driver):
+    notebook_pages = [p for p in pages if p.startswith("notebooks/")]
+    assert notebook_pages
+    with serve(site) as base_url:
+        for page in notebook_pages:
+            buttons = " ".join(check_page(driver, base_url, site, page).launch_buttons).lower()
+            assert "colab" in buttons and "binder" in buttons, f"{page}: launch buttons missing ({buttons!r})"
