@@ -39,6 +39,7 @@ def install_cell_source(url: str) -> str:
 def install_cell(url: str) -> dict:
     return {
         "cell_type": "code",
+        "id": TAG,
         "execution_count": None,
         "metadata": {"tags": ["remove-cell", TAG]},
         "outputs": [],
@@ -55,7 +56,11 @@ def ensure(nb: dict, url: str) -> bool:
     cells = nb["cells"]
     wanted = install_cell(url)
     existing = [i for i, c in enumerate(cells) if _is_install_cell(c)]
-    if len(existing) == 1 and "".join(cells[existing[0]]["source"]) == "".join(wanted["source"]):
+    if (
+        len(existing) == 1
+        and "".join(cells[existing[0]]["source"]) == "".join(wanted["source"])
+        and cells[existing[0]].get("id") == TAG
+    ):
         first_code = next(i for i, c in enumerate(cells) if c.get("cell_type") == "code")
         if existing[0] == first_code:
             return False
