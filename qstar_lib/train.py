@@ -6,8 +6,11 @@ It knows nothing about where the data comes from or what the model is: it takes 
 - :class:`SFTConfig`, :class:`DPOConfig`: dataclasses with TRL's field names; ``DPOConfig.paper()`` and
   ``SFTConfig.paper()`` are the paper's settings (Appendix G).
 - :func:`train_sft`: maximum likelihood on the chosen completions (prompt tokens masked out).
-- :func:`train_dpo`: the DPO loss of :mod:`qstar_lib.dpo` on one forward pass over ``[chosen; rejected]``,
-  with the reference log-probs computed once for the whole data set before training.
+- :func:`train_dpo`: the DPO loss of :mod:`qstar_lib.dpo` on one forward pass per micro-batch, with the
+  reference log-probs computed once for the whole data set before training. By default each pair is one
+  row ``[prompt | chosen | rejected]`` with a block-causal mask (:func:`collate_shared_prompt`: the same
+  log-probs as the ``[chosen; rejected]`` batch, with the prompt run once); ``share_prompt=False`` uses the
+  ``[chosen; rejected]`` batch of the DPO reference code.
 - Both return a :class:`History` (a list of metric dicts with TRL's keys, one per logged step) and save
   checkpoints through :mod:`qstar_lib.checkpoint` (safetensors + JSON, no pickles). Resuming gives the same
   weights as an uninterrupted run, because the data order, optimizer, scheduler and RNG states are saved.
@@ -21,11 +24,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import random
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -115,6 +118,7 @@ class DPOConfig(TrainConfig):
     loss_type: str = "sigmoid"  # "sigmoid" | "ipo" (see qstar_lib.dpo)
     label_smoothing: float = 0.0
     precompute_ref_batch_size: int | None = None  # default: 2 x per_device_train_batch_size
+    share_prompt: bool = True  # one row [prompt | chosen | rejected] per pair (same numbers, fewer tokens)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -169,7 +173,10 @@ def _make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.
         raise ValueError("the model has no trainable parameters (all requires_grad=False)")
     if config.optim == "rmsprop":  # the DPO reference code: torch defaults besides lr
         return torch.optim.RMSprop(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    try:  # the fused kernel (transformers' default "adamw_torch_fused"): ~5x faster than the per-tensor loop on a CPU
+        return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay, fused=True)
+    except (RuntimeError, ValueError, TypeError):  # a device or dtype without a fused kernel
+        return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
 
 
 def _lr_factor(step: int, config: TrainConfig, total_steps: int) -> float:
@@ -217,6 +224,12 @@ def _make_schedule(n: int, config: TrainConfig, num_processes: int) -> _Schedule
         steps_per_epoch = n // global_batch
         if steps_per_epoch == 0:
             raise ValueError(f"{n} records < one global batch of {global_batch} on {num_processes} processes")
+        if n % global_batch:
+            warnings.warn(
+                f"{n % global_batch} of {n} records per epoch are not used: {num_processes} processes need "
+                f"full global batches of {global_batch}",
+                stacklevel=3,
+            )
     else:  # a single process uses every record (the last batch of an epoch may be smaller)
         steps_per_epoch = math.ceil(n / global_batch)
     if config.max_steps > 0:
@@ -235,8 +248,15 @@ def _local_micro_batches(indices: list[int], config: TrainConfig, rank: int, wor
 
 def _accelerator(config: TrainConfig):
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
-    return Accelerator(mixed_precision=config.mixed_precision)
+    try:
+        return Accelerator(mixed_precision=config.mixed_precision)
+    except ValueError:
+        # accelerate keeps one process-wide state; a notebook that trains once in fp32 and then in bf16 would
+        # otherwise need a restart. Only the precision is reset; the process group (if any) is kept.
+        AcceleratorState._reset_state(reset_partial_state=False)
+        return Accelerator(mixed_precision=config.mixed_precision)
 
 
 def _seed_all(seed: int) -> None:
@@ -246,20 +266,27 @@ def _seed_all(seed: int) -> None:
 
 
 class _MetricWindow:
-    """Averages each metric over a logging window (TRL logs window means, too)."""
+    """Averages each metric over a logging window (as TRL does); counters and the learning rate keep their last value."""
+
+    LAST = ("num_tokens", "learning_rate")
 
     def __init__(self) -> None:
         self.sums: dict[str, float] = {}
+        self.last: dict[str, float] = {}
         self.count = 0
 
     def add(self, metrics: Mapping[str, float]) -> None:
         for k, v in metrics.items():
-            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+            if k in self.LAST:
+                self.last[k] = float(v)
+            else:
+                self.sums[k] = self.sums.get(k, 0.0) + float(v)
         self.count += 1
 
     def flush(self) -> dict[str, float]:
         out = {k: v / self.count for k, v in self.sums.items()}
-        self.sums, self.count = {}, 0
+        out.update(self.last)
+        self.sums, self.last, self.count = {}, {}, 0
         return out
 
 
@@ -287,9 +314,11 @@ def _run_loop(
 
     world, rank = accelerator.num_processes, accelerator.process_index
     schedule = _make_schedule(n_records, config, world)
+    model.to(accelerator.device)  # before the optimizer, so loaded optimizer state lands on the same device
     optimizer = _make_optimizer(model, config)
     history = History()
     start_step = 0
+    tokens_seen = 0.0  # TRL's num_tokens: non-padding tokens seen so far
 
     if resume_from is not None:
         tensors, meta = ckpt.load_training_state(resume_from)
@@ -298,6 +327,7 @@ def _run_loop(
         ckpt.load_model_weights(model, resume_from)
         optimizer.load_state_dict(ckpt.optimizer_state_from_flat(tensors, meta["optimizer"]))
         start_step = int(meta["step"])
+        tokens_seen = float(meta.get("num_tokens", 0.0))
         history = History(meta.get("history", []))
         saved_order = tensors.get("data.order")
         if saved_order is not None and not torch.equal(
@@ -306,6 +336,7 @@ def _run_loop(
             raise ValueError(f"{resume_from}: the data order differs (other records, seed or batch size?)")
         ckpt.rng_state_from_flat(tensors, meta["rng"])
 
+    was_training = model.training
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
     unwrapped = accelerator.unwrap_model(model)
@@ -321,7 +352,7 @@ def _run_loop(
             order = _epoch_order(n_records, config.seed, step // schedule.steps_per_epoch)
             tensors = {**opt_tensors, **rng_tensors, "data.order": order, **extra_tensors}
             meta = {
-                "kind": kind, "step": step, "epoch": step / schedule.steps_per_epoch,
+                "kind": kind, "step": step, "num_tokens": tokens_seen, "epoch": step / schedule.steps_per_epoch,
                 "total_steps": schedule.total_steps, "optimizer": opt_meta, "rng": rng_meta,
                 "config": config.to_dict(), "history": list(history),
             }
@@ -353,9 +384,11 @@ def _run_loop(
         optimizer.zero_grad(set_to_none=True)
 
         keys = sorted(sums)
-        totals = accelerator.reduce(torch.stack([sums[k] for k in keys]).to(accelerator.device), "sum")
+        totals = accelerator.reduce(torch.stack([sums[k].to(accelerator.device) for k in keys]), "sum")
         totals = dict(zip(keys, totals.tolist()))
+        tokens_seen += totals.pop("num_tokens")
         metrics = _finish_metrics(kind, totals)
+        metrics["num_tokens"] = tokens_seen
         metrics["grad_norm"] = float(grad_norm)
         metrics["learning_rate"] = lr
         window.add(metrics)
@@ -370,13 +403,14 @@ def _run_loop(
             save(done)
         bar.update(1)
     bar.close()
+    unwrapped.train(was_training)
     return history
 
 
 def _finish_metrics(kind: str, totals: Mapping[str, float]) -> dict[str, float]:
     """Turn summed metrics into TRL's batch means."""
     if kind == "sft":
-        return {"loss": totals["nll_sum"] / max(totals["tokens"], 1.0), "num_tokens": totals["tokens"]}
+        return {"loss": totals["nll_sum"] / max(totals["tokens"], 1.0)}
     n = max(totals["count"], 1.0)
     chosen, rejected = totals["rewards/chosen"] / n, totals["rewards/rejected"] / n
     return {
@@ -438,7 +472,7 @@ def train_sft(
             logps = per_token_logps(model, **batch)  # (b, T), 0 off the completion
             nll_sum = -logps.float().sum()
         accelerator.backward(nll_sum * weight)
-        return {"nll_sum": nll_sum, "tokens": batch["completion_mask"].sum()}
+        return {"nll_sum": nll_sum, "tokens": batch["completion_mask"].sum(), "num_tokens": batch["attention_mask"].sum()}
 
     def step_weight(indices):
         return float(n_tokens[indices].sum())
@@ -460,6 +494,123 @@ def _pair_logps(model, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor,
     return logps.chunk(2)
 
 
+def collate_shared_prompt(encoded_pairs: Sequence[Mapping], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Pack each pair as one row ``[prompt | chosen | rejected]`` with a block-causal attention mask.
+
+    The ``[chosen; rejected]`` batch runs the prompt through the model twice. Here the prompt appears once:
+    chosen tokens see the prompt and earlier chosen tokens, rejected tokens see the prompt and earlier
+    rejected tokens (never the chosen ones), and the rejected positions restart where the prompt ends. Every
+    completion token therefore has exactly the context and position it has in the ``[chosen; rejected]``
+    batch, so the log-probs are the same numbers, for about 40% fewer tokens on TL;DR-shaped data.
+
+    Rows are left-padded. Returns ``input_ids`` (B, L), ``position_ids`` (B, L), ``attention_mask`` (B, 1, L, L) boolean
+    (True = may attend), and for ``side`` in chosen/rejected: ``{side}_src`` (B, Ts), the position whose
+    output predicts each completion token, ``{side}_ids`` (B, Ts) those tokens, ``{side}_mask`` (B, Ts).
+    """
+    B = len(encoded_pairs)
+    parts = []
+    for i, p in enumerate(encoded_pairs):
+        n_p = p["chosen_n_prompt"]
+        prompt = p["chosen_input_ids"][:n_p]
+        if p["rejected_n_prompt"] != n_p or p["rejected_input_ids"][:n_p] != prompt:
+            raise ValueError(f"pair {i}: chosen and rejected were encoded with different prompts")
+        parts.append((prompt, p["chosen_input_ids"][n_p:], p["rejected_input_ids"][n_p:]))
+    L = max(len(a) + len(b) + len(c) for a, b, c in parts)
+    Tc = max(len(b) for _, b, _ in parts)
+    Tr = max(len(c) for _, _, c in parts)
+    input_ids = torch.full((B, L), int(pad_token_id), dtype=torch.long)  # (B, L)
+    position_ids = torch.zeros((B, L), dtype=torch.long)  # (B, L)
+    segment = torch.full((B, L), -1, dtype=torch.long)  # (B, L): 0 prompt, 1 chosen, 2 rejected, -1 pad
+    out = {f"{side}_{k}": torch.zeros((B, T), dtype=torch.long) for side, T in (("chosen", Tc), ("rejected", Tr))
+           for k in ("src", "ids", "mask")}
+    for i, (prompt, chosen, rejected) in enumerate(parts):
+        n_p, n_c, n_r = len(prompt), len(chosen), len(rejected)
+        o = L - (n_p + n_c + n_r)  # left padding: every row's completions end at column L, so the LM head
+        # only needs the last max(n_c + n_r) + 1 columns (logits_to_keep) instead of everything after a short prompt
+        input_ids[i, o:] = torch.tensor(prompt + chosen + rejected)
+        position_ids[i, o : o + n_p + n_c] = torch.arange(n_p + n_c)
+        position_ids[i, o + n_p + n_c :] = torch.arange(n_p, n_p + n_r)  # rejected restarts after the prompt
+        segment[i, o : o + n_p], segment[i, o + n_p : o + n_p + n_c], segment[i, o + n_p + n_c :] = 0, 1, 2
+        for side, tokens, start in (("chosen", chosen, o + n_p), ("rejected", rejected, o + n_p + n_c)):
+            n = len(tokens)
+            # token j is predicted by the output at the previous position of its own segment (the prompt's last for j=0)
+            out[f"{side}_src"][i, :n] = torch.tensor([o + n_p - 1] + list(range(start, start + n - 1)))
+            out[f"{side}_ids"][i, :n] = torch.tensor(tokens)
+            out[f"{side}_mask"][i, :n] = 1
+    idx = torch.arange(L)
+    valid = segment >= 0  # (B, L)
+    causal = idx[None, :] <= idx[:, None]  # (L, L): key <= query
+    same = (segment[:, None, :] == 0) | (segment[:, None, :] == segment[:, :, None])  # (B, L, L)
+    visible = causal[None] & same & valid[:, None, :]  # (B, L, L)
+    visible |= torch.eye(L, dtype=torch.bool)[None] & ~valid[:, :, None]  # padding sees itself: no empty rows
+    out.update(input_ids=input_ids, position_ids=position_ids, attention_mask=visible[:, None])
+    return out
+
+
+def shared_prompt_logps(model, batch: Mapping[str, torch.Tensor], accepts_logits_to_keep: bool = True):
+    """Summed chosen and rejected log-probs, (B,) and (B,), from a :func:`collate_shared_prompt` batch.
+
+    Only the positions from the first one that predicts a completion token onwards go through the LM head
+    (``logits_to_keep``), and the log-softmax is read at the target tokens without a (B, T, V) gather.
+    """
+    L = batch["input_ids"].shape[1]
+    src = torch.cat([batch["chosen_src"], batch["rejected_src"]], dim=1)  # (B, Tc + Tr)
+    ids = torch.cat([batch["chosen_ids"], batch["rejected_ids"]], dim=1)  # (B, Tc + Tr)
+    mask = torch.cat([batch["chosen_mask"], batch["rejected_mask"]], dim=1).bool()  # (B, Tc + Tr)
+    first = int(src[mask].min()) if bool(mask.any()) else L - 1
+    kwargs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                  position_ids=batch["position_ids"], use_cache=False)
+    offset = 0
+    if accepts_logits_to_keep:
+        kwargs["logits_to_keep"] = L - first
+        offset = first
+    logits = model(**kwargs).logits  # (B, L - offset, V)
+    rows = (src - offset).clamp(min=0)  # (B, Tc + Tr)
+    b = torch.arange(src.shape[0], device=src.device)[:, None]  # (B, 1)
+    target_logits = logits[b, rows, ids].float()  # (B, Tc + Tr)
+    lse = torch.logsumexp(logits.float(), dim=-1)  # (B, L - offset)
+    logps = torch.where(mask, target_logits - lse.gather(1, rows), torch.zeros_like(target_logits))  # (B, Tc + Tr)
+    Tc = batch["chosen_src"].shape[1]
+    return logps[:, :Tc].sum(-1), logps[:, Tc:].sum(-1)
+
+
+def _supports_shared_prompt(model) -> bool:
+    """Block masks need an attention that takes a custom 4D mask (sdpa, eager); flash-attention does not."""
+    return getattr(getattr(model, "config", None), "_attn_implementation", None) in ("sdpa", "eager")
+
+
+class _PairScorer:
+    """Chooses the shared-prompt or the ``[chosen; rejected]`` path once per run and collates for it."""
+
+    def __init__(self, model, pad_token_id: int, share_prompt: bool) -> None:
+        self.pad_token_id = pad_token_id
+        self.shared = share_prompt and _supports_shared_prompt(model)
+        self.accepts = _accepts_logits_to_keep(model)
+        self.additive = model.config._attn_implementation == "eager" if self.shared else False
+
+    def collate(self, pairs: Sequence[Mapping]) -> dict[str, torch.Tensor]:
+        return collate_shared_prompt(pairs, self.pad_token_id) if self.shared else collate_pairs(pairs, self.pad_token_id)
+
+    def __call__(self, model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.shared:
+            if self.additive:  # eager attention adds the mask to the scores: 0 where visible, -inf-ish elsewhere
+                dtype = next(model.parameters()).dtype
+                visible = batch["attention_mask"]
+                batch = {**batch, "attention_mask": torch.zeros(visible.shape, dtype=dtype, device=visible.device)
+                         .masked_fill(~visible, torch.finfo(dtype).min)}
+            return shared_prompt_logps(model, batch, self.accepts)
+        return _pair_logps(model, batch)
+
+
+def _accepts_logits_to_keep(model) -> bool:
+    import inspect
+
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def precompute_ref_logps(
     ref_model: torch.nn.Module,
     encoded_pairs: Sequence[Mapping],
@@ -467,6 +618,7 @@ def precompute_ref_logps(
     batch_size: int = 8,
     accelerator=None,
     progress: bool = True,
+    share_prompt: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference log-probs of every pair, once, before training: (N,) chosen and (N,) rejected.
 
@@ -483,14 +635,15 @@ def precompute_ref_logps(
     device = accelerator.device if accelerator else next(ref_model.parameters()).device
     autocast = accelerator.autocast if accelerator else nullcontext
     chunks = [order[lo : lo + batch_size] for lo in range(0, n, batch_size)][rank::world]
+    scorer = _PairScorer(ref_model, pad_token_id, share_prompt)
     was_training = ref_model.training
     ref_model.eval()
     local: list[tuple[int, float, float]] = []
     try:
         with torch.inference_mode(), autocast():
             for chunk in tqdm(chunks, desc="reference log-probs", disable=not progress or rank != 0):
-                batch = _to_device(collate_pairs([encoded_pairs[i] for i in chunk], pad_token_id), device)
-                chosen, rejected = _pair_logps(ref_model, batch)
+                batch = _to_device(scorer.collate([encoded_pairs[i] for i in chunk]), device)
+                chosen, rejected = scorer(ref_model, batch)
                 local += list(zip(chunk, chosen.tolist(), rejected.tolist()))
     finally:
         ref_model.train(was_training)
@@ -543,13 +696,14 @@ def train_dpo(
         reference.to(accelerator.device)
         ref_chosen, ref_rejected = precompute_ref_logps(
             reference, encoded, pad_id, config.precompute_ref_batch_size or 2 * config.per_device_train_batch_size,
-            accelerator=accelerator, progress=not config.disable_tqdm,
+            accelerator=accelerator, progress=not config.disable_tqdm, share_prompt=config.share_prompt,
         )
+    scorer = _PairScorer(model, pad_id, config.share_prompt)
 
     def micro_step(model, idx, weight):
-        batch = _to_device(collate_pairs([encoded[i] for i in idx], pad_id), accelerator.device)
+        batch = _to_device(scorer.collate([encoded[i] for i in idx]), accelerator.device)
         with accelerator.autocast():
-            chosen_logps, rejected_logps = _pair_logps(model, batch)  # (b,), (b,)
+            chosen_logps, rejected_logps = scorer(model, batch)  # (b,), (b,)
         ref_c = ref_chosen[idx].to(chosen_logps)  # (b,)
         ref_r = ref_rejected[idx].to(chosen_logps)  # (b,)
         losses, chosen_rewards, rejected_rewards = dpo_loss(
@@ -565,6 +719,9 @@ def train_dpo(
             "rewards/accuracies": (chosen_rewards > rejected_rewards).float().sum(),
             "logps/chosen": chosen_logps.detach().sum(),
             "logps/rejected": rejected_logps.detach().sum(),
+            # TRL's count: the tokens of the [chosen; rejected] rows (the prompt twice), whatever the packing
+            "num_tokens": torch.tensor(float(sum(len(encoded[i]["chosen_input_ids"]) + len(encoded[i]["rejected_input_ids"])
+                                                 for i in idx))),
         }
 
     def step_weight(indices):

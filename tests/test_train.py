@@ -1,0 +1,290 @@
+"""The SFT/DPO loops: ln 2 at step 1, exact resume, determinism, overfitting, masking, accumulation."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+
+from qstar_lib import checkpoint as ckpt
+from qstar_lib.collate import collate_pairs, encode_pairs, encode_sft
+from qstar_lib.logps import per_token_logps, sequence_logps
+from qstar_lib.train import (
+    DPOConfig,
+    History,
+    SFTConfig,
+    collate_shared_prompt,
+    history_to_dataframe,
+    train_dpo,
+    train_sft,
+)
+
+WORDS = "the cat dog sat ran on a mat rug big small red blue my rent is 38k 250k per year and I got job".split()
+
+
+def _records(n: int, seed: int = 0) -> list[dict]:
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        w = [WORDS[i] for i in torch.randint(len(WORDS), (12,), generator=gen).tolist()]
+        out.append({"prompt": " ".join(w[:6]) + " TL;DR:", "chosen": " " + " ".join(w[6:9]), "rejected": " " + " ".join(w[9:12])})
+    return out
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """A 32-wide model is faster on one thread than two fighting over a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from qstar_lib.models import train_tiny_tokenizer
+
+    texts = [r[k] for r in _records(50) for k in ("prompt", "chosen", "rejected")]
+    return train_tiny_tokenizer(texts, vocab_size=300)
+
+
+def _model(tokenizer, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, max_position_embeddings=128, tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def _params(model) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def _dpo(**kw) -> DPOConfig:
+    base = dict(learning_rate=1e-3, per_device_train_batch_size=4, max_steps=4, disable_tqdm=True, max_length=64)
+    return DPOConfig(**{**base, **kw})
+
+
+def test_dpo_loss_is_ln2_at_step_one(tokenizer):
+    model = _model(tokenizer)
+    history = train_dpo(model, None, tokenizer, _records(8), _dpo(max_steps=1))
+    first = history[0]
+    assert first["step"] == 1
+    assert abs(first["loss"] - math.log(2)) < 1e-5  # policy == reference before the first update
+    assert abs(first["rewards/chosen"]) < 1e-5 and abs(first["rewards/margins"]) < 1e-5
+    for key in ("rewards/rejected", "rewards/accuracies", "logps/chosen", "logps/rejected", "grad_norm", "learning_rate"):
+        assert key in first
+
+
+def test_separate_reference_model_gives_the_same_first_step(tokenizer):
+    from qstar_lib.models import clone_model
+
+    model = _model(tokenizer)
+    ref = clone_model(model)
+    h_ref = train_dpo(model, ref, tokenizer, _records(8), _dpo(max_steps=1))
+    assert abs(h_ref[0]["loss"] - math.log(2)) < 1e-5
+    assert not any(p.requires_grad for p in ref.parameters())
+
+
+def test_same_seed_same_metrics(tokenizer):
+    runs = [train_dpo(_model(tokenizer), None, tokenizer, _records(16), _dpo(max_steps=3, seed=7)) for _ in range(2)]
+    assert runs[0] == runs[1]
+    other = train_dpo(_model(tokenizer), None, tokenizer, _records(16), _dpo(max_steps=3, seed=8))
+    assert other != runs[0]  # the seed changes the data order
+
+
+def test_resume_gives_the_same_weights(tokenizer, tmp_path):
+    records = _records(12)
+    config = _dpo(max_steps=6, optim="adamw", warmup_steps=2, lr_scheduler_type="linear", gradient_accumulation_steps=2,
+                  per_device_train_batch_size=2)
+    straight = _model(tokenizer)
+    h_straight = train_dpo(straight, None, tokenizer, records, config)
+
+    first = _model(tokenizer)
+    saving = DPOConfig(**{**config.to_dict(), "output_dir": str(tmp_path), "save_steps": 3})
+    train_dpo(first, None, tokenizer, records, saving)
+    folder = ckpt.checkpoint_dir(str(tmp_path), 3)
+    assert os.path.isfile(os.path.join(folder, "model.safetensors"))
+    assert not [f for f in os.listdir(folder) if f.endswith((".bin", ".pt", ".pkl"))]  # no pickles
+
+    torch.manual_seed(1234)  # a "new process": other RNG state, other initial weights
+    resumed = _model(tokenizer, seed=99)
+    h_resumed = train_dpo(resumed, None, tokenizer, records, config, resume_from=folder)
+    assert (_params(resumed) - _params(straight)).abs().max().item() <= 1e-6
+    assert [r["step"] for r in h_resumed] == list(range(1, 7))
+    assert h_resumed[-1]["loss"] == pytest.approx(h_straight[-1]["loss"], abs=1e-6)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_resume_after_interrupt(tokenizer, tmp_path):
+    """Training stopped right after the checkpoint at step 3 (a crash) resumes to the same weights."""
+    records = _records(12)
+    config = _dpo(max_steps=6, optim="rmsprop", per_device_train_batch_size=3)
+    straight = _model(tokenizer)
+    train_dpo(straight, None, tokenizer, records, config)
+
+    interrupted = _model(tokenizer)
+    cfg = DPOConfig(**{**config.to_dict(), "output_dir": str(tmp_path), "save_steps": 3})
+
+    def crash(done, metrics, model):
+        if done == 4:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        train_dpo(interrupted, None, tokenizer, records, cfg, callbacks=[crash])
+    assert ckpt.latest_checkpoint(str(tmp_path)).endswith("checkpoint-3")
+    resumed = _model(tokenizer, seed=5)
+    train_dpo(resumed, None, tokenizer, records, config, resume_from=ckpt.latest_checkpoint(str(tmp_path)))
+    assert (_params(resumed) - _params(straight)).abs().max().item() <= 1e-6
+
+
+def test_dpo_overfits_a_tiny_set(tokenizer):
+    model = _model(tokenizer)
+    history = train_dpo(model, None, tokenizer, _records(4), _dpo(max_steps=25, learning_rate=3e-3, beta=0.5))
+    losses = history.column("loss")
+    assert losses[-1] < 0.5 * losses[0]
+    assert history[-1]["rewards/accuracies"] == 1.0
+    assert history[-1]["rewards/margins"] > 0
+
+
+def test_gradient_accumulation_matches_one_big_batch(tokenizer):
+    records = _records(8)
+    big, small = _model(tokenizer), _model(tokenizer)
+    h_big = train_dpo(big, None, tokenizer, records, _dpo(max_steps=2, per_device_train_batch_size=4))
+    h_acc = train_dpo(small, None, tokenizer, records, _dpo(max_steps=2, per_device_train_batch_size=2,
+                                                            gradient_accumulation_steps=2))
+    assert (_params(big) - _params(small)).abs().max().item() < 1e-5
+    assert h_big[0]["loss"] == pytest.approx(h_acc[0]["loss"], abs=1e-6)
+    assert h_big[0]["grad_norm"] == pytest.approx(h_acc[0]["grad_norm"], rel=1e-4)
+
+
+def test_sft_gradient_accumulation_matches_one_big_batch(tokenizer):
+    records = _records(8)
+    cfg = dict(learning_rate=1e-3, max_steps=2, disable_tqdm=True, max_length=64)
+    big, small = _model(tokenizer), _model(tokenizer)
+    train_sft(big, tokenizer, records, SFTConfig(per_device_train_batch_size=4, **cfg))
+    train_sft(small, tokenizer, records, SFTConfig(per_device_train_batch_size=1, gradient_accumulation_steps=4, **cfg))
+    assert (_params(big) - _params(small)).abs().max().item() < 1e-5
+
+
+def test_sft_masks_prompt_tokens(tokenizer):
+    """Changing the prompt's *targets* cannot change the SFT gradient: only completion tokens are scored."""
+    records = _records(4)
+    enc = encode_sft(records, tokenizer, max_length=64)
+    assert all(sum(e["completion_mask"]) == e["n_completion"] + 1 for e in enc)  # completion + EOS only
+
+    model = _model(tokenizer)
+    history = train_sft(model, tokenizer, records, SFTConfig(max_steps=1, per_device_train_batch_size=4,
+                                                             disable_tqdm=True, learning_rate=1e-3))
+    assert history[0]["num_tokens"] == sum(len(e["input_ids"]) for e in enc)  # TRL's count: every non-pad token
+    # The logged loss is the mean NLL of completion tokens under the initial model, computed by hand:
+    from qstar_lib.collate import pad_batch
+
+    fresh = _model(tokenizer)
+    batch = pad_batch(enc, tokenizer.pad_token_id)
+    with torch.no_grad():
+        logits = fresh(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, batch["input_ids"][:, 1:, None])[..., 0]
+    mask = batch["completion_mask"][:, 1:].bool()
+    assert history[0]["loss"] == pytest.approx(-(logp[mask]).mean().item(), rel=1e-5)
+    everything = -(logp[batch["attention_mask"][:, 1:].bool()]).mean().item()
+    assert history[0]["loss"] != pytest.approx(everything, rel=1e-3)  # the prompt is not in the loss
+
+
+def test_sft_loss_decreases(tokenizer):
+    model = _model(tokenizer)
+    history = train_sft(model, tokenizer, _records(4), SFTConfig(max_steps=30, learning_rate=1e-2, disable_tqdm=True))
+    assert history[-1]["loss"] < 0.5 * history[0]["loss"]
+
+
+def test_history_dataframe_and_logging_window(tokenizer):
+    history = train_dpo(_model(tokenizer), None, tokenizer, _records(8), _dpo(max_steps=4, logging_steps=2))
+    assert [row["step"] for row in history] == [2, 4]
+    frame = history_to_dataframe(history)
+    assert list(frame.index) == [2, 4] and "rewards/margins" in frame.columns
+    assert isinstance(history, History)
+
+
+def test_paper_presets():
+    dpo = DPOConfig.paper()
+    assert (dpo.optim, dpo.learning_rate, dpo.warmup_steps, dpo.max_grad_norm, dpo.beta, dpo.max_length) == (
+        "rmsprop", 5e-7, 150, 10.0, 0.1, 512)
+    assert (dpo.per_device_train_batch_size, dpo.gradient_accumulation_steps) == (32, 2)
+    assert DPOConfig.paper(max_steps=3).max_steps == 3
+    sft = SFTConfig.paper()
+    assert (sft.optim, sft.learning_rate, sft.per_device_train_batch_size) == ("rmsprop", 5e-7, 64)
+
+
+def test_warmup_schedule_and_bad_config(tokenizer):
+    history = train_dpo(_model(tokenizer), None, tokenizer, _records(8),
+                        _dpo(max_steps=3, warmup_steps=3, learning_rate=4e-3))
+    assert history.column("learning_rate") == pytest.approx([1e-3, 2e-3, 3e-3])
+    with pytest.raises(ValueError, match="optim"):
+        DPOConfig(optim="sgd")
+    with pytest.raises(ValueError, match="beta"):
+        DPOConfig(beta=0)
+    with pytest.raises(KeyError, match="record 0"):
+        train_dpo(_model(tokenizer), None, tokenizer, [{"prompt": "a"}], _dpo())
+
+
+def test_save_steps_write_several_checkpoints(tokenizer, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    cfg = _dpo(max_steps=5, save_steps=1, output_dir=str(tmp_path))
+    seen = []
+    model = _model(tokenizer)
+    train_dpo(model, None, tokenizer, _records(8), cfg, callbacks=[lambda step, m, mdl: seen.append(step)])
+    assert seen == [1, 2, 3, 4, 5]
+    assert sorted(os.listdir(tmp_path)) == [f"checkpoint-{i}" for i in range(1, 6)]
+    reloaded = AutoModelForCausalLM.from_pretrained(ckpt.checkpoint_dir(str(tmp_path), 5))
+    assert (_params(reloaded) - _params(model)).abs().max().item() == 0
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_shared_prompt_rows_give_the_concatenated_log_probs(tokenizer, attn):
+    """[prompt | chosen | rejected] with a block mask == the naive [chosen; rejected] batch, pair by pair."""
+    from qstar_lib.train import _PairScorer
+
+    model = _model(tokenizer)
+    model.config._attn_implementation = attn
+    records = _records(5, seed=3)
+    records[1]["chosen"] = " a much longer chosen answer than the others here"
+    pairs = encode_pairs(records, tokenizer, max_length=64)
+    with torch.no_grad():
+        naive = collate_pairs(pairs, tokenizer.pad_token_id)
+        expected = sequence_logps(per_token_logps(model, **naive), naive["completion_mask"])  # (2B,)
+        scorer = _PairScorer(model, tokenizer.pad_token_id, share_prompt=True)
+        assert scorer.shared
+        chosen, rejected = scorer(model, scorer.collate(pairs))
+    assert torch.allclose(torch.cat([chosen, rejected]), expected, atol=1e-4, rtol=1e-5)
+    packed = collate_shared_prompt(pairs, tokenizer.pad_token_id)
+    n_naive = int(naive["attention_mask"].sum())
+    n_packed = int((packed["input_ids"] != tokenizer.pad_token_id).sum())
+    assert n_packed < n_naive  # the prompt is run once
+
+
+def test_shared_prompt_and_concatenated_training_agree(tokenizer):
+    records = _records(8)
+    a, b = _model(tokenizer), _model(tokenizer)
+    h_a = train_dpo(a, None, tokenizer, records, _dpo(max_steps=3, share_prompt=True))
+    h_b = train_dpo(b, None, tokenizer, records, _dpo(max_steps=3, share_prompt=False))
+    assert (_params(a) - _params(b)).abs().max().item() < 1e-5
+    assert h_a[-1]["loss"] == pytest.approx(h_b[-1]["loss"], abs=1e-5)
+    assert h_a[-1]["num_tokens"] == h_b[-1]["num_tokens"]
+
+
+def test_bf16_autocast_runs_and_the_precision_can_change(tokenizer):
+    """accelerate keeps one process-wide precision; train_* may switch it between runs (a notebook does)."""
+    h16 = train_dpo(_model(tokenizer), None, tokenizer, _records(4), _dpo(max_steps=2, mixed_precision="bf16"))
+    assert abs(h16[0]["loss"] - math.log(2)) < 1e-2  # bf16 log-probs round, so ln 2 only approximately
+    h32 = train_dpo(_model(tokenizer), None, tokenizer, _records(4), _dpo(max_steps=1))
+    assert abs(h32[0]["loss"] - math.log(2)) < 1e-5
