@@ -1,0 +1,132 @@
+"""The experiment pipeline: cached SFT -> DPO runs, interrupted runs retrained, checkpoints, histories.
+
+Everything runs at ci scale on the tiny model, in a temporary ``$QSTAR_CACHE`` shared by this module's
+tests (the stages are trained once, by whichever test comes first), on a preset shrunk further so the
+whole file trains in seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from qstar_lib import experiments as ex
+
+TRL_DPO_KEYS = {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
+                "logps/chosen", "logps/rejected", "grad_norm", "learning_rate", "num_tokens", "epoch"}
+
+
+@pytest.fixture(scope="module")
+def cache_path(tmp_path_factory):
+    return tmp_path_factory.mktemp("qstar_cache")
+
+
+@pytest.fixture
+def p(cache_path, monkeypatch):
+    """A ci preset small enough to train three stages in seconds, cached under a temporary QSTAR_CACHE."""
+    monkeypatch.setenv("QSTAR_CACHE", str(cache_path))
+    monkeypatch.setenv("QSTAR_SCALE", "ci")
+    return dataclasses.replace(ex.preset("ci"), n_train_pairs=8, n_eval_pairs=4, sft_steps=2, dpo_steps=4,
+                               save_steps=2)
+
+
+def _weights(model) -> torch.Tensor:
+    return torch.cat([t.detach().flatten() for t in model.state_dict().values()])
+
+
+def test_presets_per_scale():
+    assert ex.preset("ci").model_name == "tiny"
+    assert ex.preset("cpu").model_name == ex.preset("gpu").model_name == "smollm2-135m"
+    cpu = ex.preset("cpu")
+    assert cpu.dpo_steps // cpu.save_steps >= 5  # enough checkpoints for the credit-vs-steps curves
+    assert cpu.key() != dataclasses.replace(cpu, seed=1).key()  # any field changes the cache folder
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cpu.seed = 1
+
+
+def test_cache_round_trip(p):
+    before = dict(ex.TRAIN_COUNTS)
+    folders = ex.ensure_all(p)
+    trained = {s: ex.TRAIN_COUNTS[s] - before.get(s, 0) for s in ex.STAGES}
+    assert all(n <= 1 for n in trained.values())  # 0 when an earlier test of this module built it
+    mtimes = {s: (f / ex.DONE).stat().st_mtime_ns for s, f in folders.items()}
+    counts = dict(ex.TRAIN_COUNTS)
+    model, tokenizer = ex.sft_model(p)
+    ex.dpo_model(True, p=p), ex.dpo_model(False, p=p), ex.history("dpo_sft", p)
+    assert dict(ex.TRAIN_COUNTS) == counts  # second calls load, they do not train
+    assert {s: (f / ex.DONE).stat().st_mtime_ns for s, f in ex.ensure_all(p).items()} == mtimes
+    assert all(str(f).startswith(str(ex.stage_dir(s, p).parent)) for s, f in folders.items())
+    assert (folders["sft"] / ex.RUN_INFO).exists() and ex.run_info("sft", p)["seconds"] > 0
+
+
+def test_interrupted_run_is_retrained(p):
+    folder = ex.ensure_all(p)["dpo_base"]
+    (folder / ex.DONE).unlink()  # as if killed before the marker was written
+    (folder / "leftover.txt").write_text("half a run")
+    n = ex.TRAIN_COUNTS["dpo_base"]
+    frame = ex.history("dpo_base", p)
+    assert ex.TRAIN_COUNTS["dpo_base"] == n + 1
+    assert (folder / ex.DONE).exists() and not (folder / "leftover.txt").exists()
+    assert len(frame) == p.dpo_steps
+
+
+def test_dpo_checkpoints_listed_and_loadable(p):
+    steps = ex.dpo_checkpoint_steps(True, p)
+    assert steps == list(range(p.save_steps, p.dpo_steps + 1, p.save_steps))
+    early, _ = ex.dpo_model(True, step=steps[0], p=p)
+    final, _ = ex.dpo_model(True, p=p)
+    last, _ = ex.dpo_model(True, step=steps[-1], p=p)
+    sft, _ = ex.sft_model(p)
+    assert torch.equal(_weights(final), _weights(last))
+    assert not torch.equal(_weights(early), _weights(final))
+    assert not torch.equal(_weights(sft), _weights(early))  # DPO moved away from its start
+    with pytest.raises(ValueError, match="saved steps"):
+        ex.dpo_model(True, step=steps[0] + 1, p=p)
+
+
+def test_reference_is_the_start_of_each_run(p):
+    ref_sft, _ = ex.reference_for(True, p)
+    ref_base, _ = ex.reference_for(False, p)
+    assert torch.equal(_weights(ref_sft), _weights(ex.sft_model(p)[0]))
+    assert torch.equal(_weights(ref_base), _weights(ex.base_model(p)[0]))
+    assert not any(t.requires_grad for t in ref_sft.parameters()) and not ref_sft.training
+
+
+def test_histories_have_trl_keys_and_start_at_ln2(p):
+    sft = ex.history("sft", p)
+    assert list(sft.index) == list(range(1, p.sft_steps + 1)) and "loss" in sft
+    for stage in ("dpo_sft", "dpo_base"):
+        frame = ex.history(stage, p)
+        assert TRL_DPO_KEYS <= set(frame.columns), stage
+        assert abs(frame.loc[1, "loss"] - math.log(2)) < 1e-4  # policy == reference at step 1
+        assert abs(frame.loc[1, "rewards/margins"]) < 1e-4
+    with pytest.raises(ValueError, match="stage"):
+        ex.history("ppo", p)
+
+
+def test_eval_records_are_held_out(p):
+    train, held_out = ex.train_records(p), ex.eval_records(p)
+    assert len(train) == p.n_train_pairs and len(held_out) == p.n_eval_pairs
+    assert not {r["prompt"] for r in train} & {r["prompt"] for r in held_out}
+
+
+def test_eq16_per_state_matches_kl_and_score_pairs(tiny_lm, pair_records):
+    from qstar_lib.logps import score_pairs
+    from qstar_lib.models import clone_model
+
+    reference, tokenizer = tiny_lm
+    policy = clone_model(reference)
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        for t in policy.parameters():
+            t.add_(0.05 * torch.randn_like(t))  # some other policy over the same vocabulary
+    rows = ex.eq16_per_state(policy, reference, tokenizer, pair_records, beta=0.1)
+    scored = score_pairs(policy, reference, tokenizer, pair_records, beta=0.1, progress=False)
+    for row, s in zip(rows, scored):
+        assert abs(row["expected"] - row["neg_beta_kl"]).max() < 1e-10  # eq. 16 at every state
+        assert (row["expected"] <= 1e-12).all() and row["expected"].mean() < 0
+        assert len(row["realised"]) == len(s["chosen_rewards"])
+        assert abs(row["realised"].sum() - s["chosen_reward"]) < 1e-4  # eq. 10 summed = rewards/chosen
