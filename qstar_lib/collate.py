@@ -212,3 +212,12 @@ def collate_pairs(
     """
     rows = [_side(p, "chosen") for p in encoded_pairs] + [_side(p, "rejected") for p in encoded_pairs]
     return pad_batch(rows, pad_token_id, padding_side)
+
+
+def pad_token_id(tokenizer) -> int:
+    """The id used to pad batches: the tokenizer's pad token, else its EOS (padding is masked out anyway)."""
+    pad = getattr(tokenizer, "pad_token_id", None)
+    pad = getattr(tokenizer, "eos_token_id", None) if pad is None else pad
+    if pad is None:
+        raise ValueError("the tokenizer has neither pad_token_id nor eos_token_id")
+    return int(pad)

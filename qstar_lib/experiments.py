@@ -23,7 +23,6 @@ It knows nothing about what the chapters measure on the models it returns.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
@@ -32,11 +31,11 @@ import shutil
 import sys
 import time
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from qstar_lib import __version__, scale
+from qstar_lib.models import file_lock
 
 #: Bump when the pipeline (or the training code it calls) changes what a cached run contains.
 PIPELINE_VERSION = 1
@@ -179,17 +178,6 @@ def is_done(stage: str, p: ExperimentPreset | None = None) -> bool:
     return (stage_dir(stage, p) / DONE).exists()
 
 
-@contextmanager
-def _lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def _say(message: str) -> None:
     print(f"[qstar experiments] {message}", file=sys.stderr, flush=True)
 
@@ -216,7 +204,7 @@ def _ensure(stage: str, p: ExperimentPreset) -> Path:
         return folder
     if stage == "dpo_sft":
         _ensure("sft", p)  # before taking this stage's lock: the SFT stage has its own
-    with _lock(folder.with_name(folder.name + ".lock")):
+    with file_lock(folder.with_name(folder.name + ".lock")):
         if (folder / DONE).exists():  # built by another process while we waited
             return folder
         if folder.exists():

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from qstar_lib.collate import collate_pairs, encode_pairs
+from qstar_lib.collate import collate_pairs, encode_pairs, pad_token_id
 
 
 def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -141,16 +141,12 @@ def logits_as_soft_q(logits: torch.Tensor, beta: float = 1.0) -> tuple[torch.Ten
     return q, v, pi
 
 
-def _model_device(model) -> torch.device:
+def model_device(model) -> torch.device:
+    """The device of a model's first parameter (CPU for a model without parameters)."""
     try:
         return next(model.parameters()).device
     except StopIteration:
         return torch.device("cpu")
-
-
-def _pad_id(tokenizer) -> int:
-    pad = tokenizer.pad_token_id
-    return tokenizer.eos_token_id if pad is None else pad
 
 
 def pair_logps(
@@ -175,7 +171,7 @@ def pair_logps(
     from tqdm.auto import tqdm
 
     encoded = encode_pairs(records, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length)
-    device = _model_device(model)
+    device = model_device(model)
     results: list[dict] = []
     was_training = model.training
     model.eval()
@@ -183,7 +179,7 @@ def pair_logps(
         with torch.inference_mode():
             for lo in tqdm(range(0, len(encoded), batch_size), desc="log-probs", disable=not progress):
                 chunk = encoded[lo : lo + batch_size]
-                batch = {k: v.to(device) for k, v in collate_pairs(chunk, _pad_id(tokenizer)).items()}
+                batch = {k: v.to(device) for k, v in collate_pairs(chunk, pad_token_id(tokenizer)).items()}
                 logps = per_token_logps(model, **batch).float().cpu()  # (2b, T)
                 mask = batch["completion_mask"].bool().cpu()  # (2b, T)
                 ids = batch["input_ids"].cpu()  # (2b, T)

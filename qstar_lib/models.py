@@ -90,7 +90,8 @@ def verify_sha256(path: str | os.PathLike, expected: str) -> None:
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path):
+def file_lock(path: Path):
+    """An exclusive advisory lock on ``path`` (created if needed), so two processes never build one cache."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
@@ -110,7 +111,7 @@ def cached_folder(target: Path, build: Callable[[Path], None]) -> Path:
     target = Path(target)
     if (target / _COMPLETE).exists():
         return target
-    with _file_lock(target.with_name(target.name + ".lock")):
+    with file_lock(target.with_name(target.name + ".lock")):
         if (target / _COMPLETE).exists():  # built by another process while we waited
             return target
         tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))

@@ -46,8 +46,8 @@ import numpy as np
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from qstar_lib.collate import encode_completion, pad_batch
-from qstar_lib.logps import per_token_logps, sequence_logps
+from qstar_lib.collate import encode_completion, pad_batch, pad_token_id
+from qstar_lib.logps import model_device, per_token_logps, sequence_logps
 
 __all__ = [
     "BeamSearchResult",
@@ -78,16 +78,6 @@ PAPER_TOP_K = 50
 
 # ----------------------------------------------------------------------------------------------- helpers
 
-
-def _model_device(model) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
-
-
-def _pad_id(tokenizer) -> int:
-    return tokenizer.eos_token_id if tokenizer.pad_token_id is None else tokenizer.pad_token_id
 
 
 def _prompt_ids(tokenizer, prompt: str, what: str = "prompt") -> list[int]:
@@ -194,7 +184,7 @@ def _generation_config(tokenizer, *, num_beams, length_penalty, early_stopping, 
         do_sample=do_sample,
         num_return_sequences=num_return_sequences,
         eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=_pad_id(tokenizer),
+        pad_token_id=pad_token_id(tokenizer),
         repetition_penalty=1.0,
         no_repeat_ngram_size=0,
         min_length=0,
@@ -261,13 +251,13 @@ def generate_summaries(
         tokenizer, num_beams=num_beams, length_penalty=length_penalty, early_stopping=early_stopping,
         do_sample=do_sample, temperature=temperature, top_k=top_k, max_new_tokens=max_new_tokens,
     )
-    device = _model_device(model)
+    device = model_device(model)
     out: list[str] = []
     with _eval_mode(model):
         n_batches = math.ceil(len(encoded) / batch_size)
         for b in tqdm(range(n_batches), desc=f"generate (beams={num_beams})", disable=not progress):
             chunk = encoded[b * batch_size : (b + 1) * batch_size]
-            batch = pad_batch(chunk, _pad_id(tokenizer), padding_side="left")
+            batch = pad_batch(chunk, pad_token_id(tokenizer), padding_side="left")
             width = batch["input_ids"].shape[1]
             extra = {}
             if stop_at_newline:
@@ -480,10 +470,10 @@ def implicit_rewards(policy, ref_model, tokenizer, prompts: Sequence[str], compl
         for lo in range(0, len(prompts), batch_size):
             enc = [encode_completion(p, c, tokenizer, max_length=max_length)
                    for p, c in zip(prompts[lo : lo + batch_size], completions[lo : lo + batch_size])]
-            batch = pad_batch(enc, _pad_id(tokenizer))
+            batch = pad_batch(enc, pad_token_id(tokenizer))
             sums = []
             for m in (policy, ref_model):
-                b = {k: v.to(_model_device(m)) for k, v in batch.items()}
+                b = {k: v.to(model_device(m)) for k, v in batch.items()}
                 sums.append(sequence_logps(per_token_logps(m, **b).double(), b["completion_mask"]).cpu())  # (B,)
             out.extend((beta * (sums[0] - sums[1])).tolist())
     return out
@@ -578,7 +568,7 @@ class BeamSearchResult:
 def _last_logits(model, sequences: torch.Tensor) -> torch.Tensor:
     """Next-token logits of each row (all rows the same length, no padding), as float32 (like HF)."""
     kw = {"logits_to_keep": 1} if "logits_to_keep" in _forward_params(model) else {}
-    logits = model(input_ids=sequences.to(_model_device(model)), **kw).logits[:, -1, :]  # (W, V)
+    logits = model(input_ids=sequences.to(model_device(model)), **kw).logits[:, -1, :]  # (W, V)
     return logits.float().cpu()
 
 
@@ -741,7 +731,7 @@ def hf_beam_search(model, tokenizer, prompt: str, num_beams: int, max_new_tokens
     )
     config.return_dict_in_generate = True
     config.output_scores = True
-    device = _model_device(model)
+    device = model_device(model)
     with _eval_mode(model), torch.inference_mode():
         out = model.generate(input_ids=ids.to(device), attention_mask=torch.ones_like(ids).to(device),
                              generation_config=config)

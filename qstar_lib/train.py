@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from qstar_lib import checkpoint as ckpt
-from qstar_lib.collate import collate_pairs, encode_pairs, encode_sft, pad_batch
+from qstar_lib.collate import collate_pairs, encode_pairs, encode_sft, pad_batch, pad_token_id
 from qstar_lib.dpo import dpo_loss
 from qstar_lib.logps import per_token_logps, sequence_logps
 
@@ -428,14 +428,6 @@ def _to_device(batch: Mapping[str, torch.Tensor], device) -> dict[str, torch.Ten
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def _pad_id(tokenizer) -> int:
-    pad = getattr(tokenizer, "pad_token_id", None)
-    pad = getattr(tokenizer, "eos_token_id", None) if pad is None else pad
-    if pad is None:
-        raise ValueError("the tokenizer has neither pad_token_id nor eos_token_id")
-    return int(pad)
-
-
 # ----------------------------------------------------------------------------- SFT
 
 
@@ -463,7 +455,7 @@ def train_sft(
         field=config.completion_field,
     )
     n_tokens = torch.tensor([sum(e["completion_mask"]) for e in encoded], dtype=torch.float64)  # (N,)
-    pad_id = _pad_id(tokenizer)
+    pad_id = pad_token_id(tokenizer)
     accelerator = _accelerator(config)
 
     def micro_step(model, idx, weight):
@@ -681,7 +673,7 @@ def train_dpo(
         raise TypeError(f"config must be a DPOConfig, got {type(config).__name__}")
     _seed_all(config.seed)
     encoded = encode_pairs(records, tokenizer, max_length=config.max_length, max_prompt_length=config.max_prompt_length)
-    pad_id = _pad_id(tokenizer)
+    pad_id = pad_token_id(tokenizer)
     accelerator = _accelerator(config)
 
     if resume_from is not None:
