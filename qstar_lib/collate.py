@@ -103,7 +103,8 @@ def encode_completion(
     }
 
 
-def _field(record: Mapping, index: int, name: str) -> str:
+def record_field(record: Mapping, index: int, name: str) -> str:
+    """``record[name]`` as a string, or an error naming the record index and the field."""
     if not isinstance(record, Mapping):
         raise TypeError(f"record {index} is a {type(record).__name__}, expected a dict")
     if name not in record:
@@ -138,10 +139,10 @@ def encode_pairs(
     """
     out = []
     for i, record in enumerate(records):
-        prompt = _field(record, i, "prompt")
+        prompt = record_field(record, i, "prompt")
         pair = {}
         for side in ("chosen", "rejected"):
-            enc = encode_completion(prompt, _field(record, i, side), tokenizer, max_length, max_prompt_length)
+            enc = encode_completion(prompt, record_field(record, i, side), tokenizer, max_length, max_prompt_length)
             pair.update({f"{side}_{k}": v for k, v in enc.items()})
         out.append(pair)
     sides = [_side(p, "chosen") for p in out] + [_side(p, "rejected") for p in out]
@@ -158,7 +159,7 @@ def encode_sft(
 ) -> list[dict]:
     """Encode ``prompt + record[field]`` (the chosen completion by default) for supervised fine-tuning."""
     out = [
-        encode_completion(_field(r, i, "prompt"), _field(r, i, field), tokenizer, max_length, max_prompt_length)
+        encode_completion(record_field(r, i, "prompt"), record_field(r, i, field), tokenizer, max_length, max_prompt_length)
         for i, r in enumerate(records)
     ]
     _warn_truncations(out, "completions", max_length)

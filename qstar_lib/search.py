@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from qstar_lib.collate import encode_completion, pad_batch, pad_token_id
+from qstar_lib.collate import encode_completion, pad_batch, pad_token_id, record_field
 from qstar_lib.logps import model_device, per_token_logps, sequence_logps
 
 __all__ = [
@@ -89,17 +89,6 @@ def _prompt_ids(tokenizer, prompt: str, what: str = "prompt") -> list[int]:
     if not ids:
         raise ValueError(f"{what} tokenises to 0 tokens; generation needs a context")
     return ids
-
-
-def _record_field(record: Mapping, i: int, name: str) -> str:
-    if not isinstance(record, Mapping):
-        raise TypeError(f"record {i} is a {type(record).__name__}, expected a dict")
-    if name not in record:
-        raise KeyError(f"record {i} has no field {name!r} (fields: {sorted(record)})")
-    value = record[name]
-    if not isinstance(value, str):
-        raise TypeError(f"record {i} field {name!r} must be a str, got {type(value).__name__}")
-    return value
 
 
 @contextlib.contextmanager
@@ -300,7 +289,7 @@ def summary_stats(
         raise ValueError(f"{len(summaries)} summaries for {len(records)} records")
     outcomes = []
     for i, (record, summary) in enumerate(zip(records, summaries)):
-        chosen = _record_field(record, i, "chosen")
+        chosen = record_field(record, i, "chosen")
         outcomes.append(float(judge(record, summary, chosen)))
     low, high = bootstrap_ci(outcomes, confidence=confidence, n_boot=n_boot, seed=seed)
     n_tokens = [len(tokenizer(s, add_special_tokens=False).input_ids) for s in summaries]
@@ -351,9 +340,9 @@ def beam_sweep(
     beams = [int(k) for k in beams]
     if not beams or min(beams) < 1:
         raise ValueError(f"beams must be non-empty and >= 1, got {beams}")
-    prompts = [_record_field(r, i, "prompt") for i, r in enumerate(records)]
+    prompts = [record_field(r, i, "prompt") for i, r in enumerate(records)]
     for i, r in enumerate(records):
-        _record_field(r, i, "chosen")
+        record_field(r, i, "chosen")
     gen = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, stop_at_newline=stop_at_newline,
                progress=progress)
     stats = dict(confidence=confidence, n_boot=n_boot, seed=seed)
@@ -507,7 +496,7 @@ def best_of_n(
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     proposal = policy if proposal is None else proposal
-    prompts = [_record_field(r, i, "prompt") for i, r in enumerate(records)]
+    prompts = [record_field(r, i, "prompt") for i, r in enumerate(records)]
     repeated = [p for p in prompts for _ in range(n)]  # (N * n,): prompt i's samples are rows i*n .. i*n+n-1
     samples = generate_summaries(proposal, tokenizer, repeated, do_sample=True, temperature=temperature, top_k=top_k,
                                  max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
