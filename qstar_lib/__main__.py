@@ -142,9 +142,14 @@ def _finish(args, history) -> None:
 
 
 def cmd_make_data(args) -> int:
-    from qstar_lib.data import synthetic_tldr
+    from qstar_lib.data import load_tldr_preference, synthetic_tldr
 
-    records = synthetic_tldr(args.n, seed=args.seed, split=args.split)
+    if args.source == "synthetic":
+        if args.path:
+            raise SystemExit("--path is for --source tldr (a local file in the trl-lib/tldr-preference schema)")
+        records = synthetic_tldr(args.n, seed=args.seed, split=args.split)
+    else:  # the paper's data: Reddit TL;DR preferences, from the hub (network) or a local copy
+        records = load_tldr_preference(args.split, n=args.n or None, path=args.path)
     _write_jsonl(args.out, records)
     print(f"wrote {len(records)} records to {args.out}")
     return 0
@@ -206,12 +211,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="{make-data,sft,dpo,score}")
 
-    p = sub.add_parser("make-data", formatter_class=_Formatter, help="write the synthetic planted-error TL;DR set as jsonl",
-                       description="Write synthetic TL;DR preference records (prompt/chosen/rejected plus the planted "
-                                   "error spans and facts) to a jsonl file, one record per line.")
-    p.add_argument("--n", type=int, default=1000, help="number of records")
-    p.add_argument("--seed", type=int, default=0, help="seed of the generator (same seed, same records)")
-    p.add_argument("--split", default="train", help="split name (train/test draw disjoint posts)")
+    p = sub.add_parser("make-data", formatter_class=_Formatter, help="write preference records (synthetic or TL;DR) as jsonl",
+                       description="Write TL;DR preference records (prompt/chosen/rejected) to a jsonl file, one record "
+                                   "per line: the synthetic planted-error set (offline; with the planted error spans "
+                                   "and facts), or the paper's Reddit TL;DR pairs from trl-lib/tldr-preference "
+                                   "(needs a network, or --path to a local copy).")
+    p.add_argument("--source", choices=("synthetic", "tldr"), default="synthetic",
+                   help="synthetic planted-error pairs, or the paper's TL;DR pairs (CNN/DM rows removed)")
+    p.add_argument("--n", type=int, default=1000, help="number of records (with --source tldr, 0 = all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic generator (same seed, same records)")
+    p.add_argument("--split", default="train",
+                   help="split name (synthetic: train/validation/test draw disjoint posts; tldr: train/validation)")
+    p.add_argument("--path", default=None, help="with --source tldr: a local .jsonl/.parquet file in the hub's schema")
     p.add_argument("--out", required=True, help="output jsonl path")
     p.set_defaults(func=cmd_make_data)
 

@@ -133,10 +133,14 @@ def save_checkpoint(
     tokenizer: Any | None,
     tensors: dict[str, torch.Tensor],
     meta: dict,
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> str:
-    """Write weights (HF format, safetensors), tokenizer, and the training state to ``folder``."""
+    """Write weights (HF format, safetensors), tokenizer, and the training state to ``folder``.
+
+    ``state_dict``: the full weights when ``model``'s own are sharded (FSDP gathers them for the main process).
+    """
     os.makedirs(folder, exist_ok=True)
-    model.save_pretrained(folder, safe_serialization=True)
+    model.save_pretrained(folder, safe_serialization=True, state_dict=state_dict)
     if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
         tokenizer.save_pretrained(folder)
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, os.path.join(folder, STATE_TENSORS))

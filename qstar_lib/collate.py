@@ -222,3 +222,56 @@ def pad_token_id(tokenizer) -> int:
     if pad is None:
         raise ValueError("the tokenizer has neither pad_token_id nor eos_token_id")
     return int(pad)
+
+
+def collate_shared_prompt(encoded_pairs: Sequence[Mapping], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Pack each pair as one row ``[prompt | chosen | rejected]`` with a block-causal attention mask.
+
+    The ``[chosen; rejected]`` batch runs the prompt through the model twice. Here the prompt appears once:
+    chosen tokens see the prompt and earlier chosen tokens, rejected tokens see the prompt and earlier
+    rejected tokens (never the chosen ones), and the rejected positions restart where the prompt ends. Every
+    completion token therefore has exactly the context and position it has in the ``[chosen; rejected]``
+    batch, so the log-probs are the same numbers, for about 40% fewer tokens on TL;DR-shaped data.
+
+    Rows are left-padded. Returns ``input_ids`` (B, L), ``position_ids`` (B, L), ``attention_mask`` (B, 1, L, L) boolean
+    (True = may attend), and for ``side`` in chosen/rejected: ``{side}_src`` (B, Ts), the position whose
+    output predicts each completion token, ``{side}_ids`` (B, Ts) those tokens, ``{side}_mask`` (B, Ts).
+    """
+    B = len(encoded_pairs)
+    parts = []
+    for i, p in enumerate(encoded_pairs):
+        n_p = p["chosen_n_prompt"]
+        prompt = p["chosen_input_ids"][:n_p]
+        if p["rejected_n_prompt"] != n_p or p["rejected_input_ids"][:n_p] != prompt:
+            raise ValueError(f"pair {i}: chosen and rejected were encoded with different prompts")
+        parts.append((prompt, p["chosen_input_ids"][n_p:], p["rejected_input_ids"][n_p:]))
+    L = max(len(a) + len(b) + len(c) for a, b, c in parts)
+    Tc = max(len(b) for _, b, _ in parts)
+    Tr = max(len(c) for _, _, c in parts)
+    input_ids = torch.full((B, L), int(pad_token_id), dtype=torch.long)  # (B, L)
+    position_ids = torch.zeros((B, L), dtype=torch.long)  # (B, L)
+    segment = torch.full((B, L), -1, dtype=torch.long)  # (B, L): 0 prompt, 1 chosen, 2 rejected, -1 pad
+    out = {f"{side}_{k}": torch.zeros((B, T), dtype=torch.long) for side, T in (("chosen", Tc), ("rejected", Tr))
+           for k in ("src", "ids", "mask")}
+    for i, (prompt, chosen, rejected) in enumerate(parts):
+        n_p, n_c, n_r = len(prompt), len(chosen), len(rejected)
+        o = L - (n_p + n_c + n_r)  # left padding: every row's completions end at column L, so the LM head
+        # only needs the last max(n_c + n_r) + 1 columns (logits_to_keep) instead of everything after a short prompt
+        input_ids[i, o:] = torch.tensor(prompt + chosen + rejected)
+        position_ids[i, o : o + n_p + n_c] = torch.arange(n_p + n_c)
+        position_ids[i, o + n_p + n_c :] = torch.arange(n_p, n_p + n_r)  # rejected restarts after the prompt
+        segment[i, o : o + n_p], segment[i, o + n_p : o + n_p + n_c], segment[i, o + n_p + n_c :] = 0, 1, 2
+        for side, tokens, start in (("chosen", chosen, o + n_p), ("rejected", rejected, o + n_p + n_c)):
+            n = len(tokens)
+            # token j is predicted by the output at the previous position of its own segment (the prompt's last for j=0)
+            out[f"{side}_src"][i, :n] = torch.tensor([o + n_p - 1] + list(range(start, start + n - 1)))
+            out[f"{side}_ids"][i, :n] = torch.tensor(tokens)
+            out[f"{side}_mask"][i, :n] = 1
+    idx = torch.arange(L)
+    valid = segment >= 0  # (B, L)
+    causal = idx[None, :] <= idx[:, None]  # (L, L): key <= query
+    same = (segment[:, None, :] == 0) | (segment[:, None, :] == segment[:, :, None])  # (B, L, L)
+    visible = causal[None] & same & valid[:, None, :]  # (B, L, L)
+    visible |= torch.eye(L, dtype=torch.bool)[None] & ~valid[:, :, None]  # padding sees itself: no empty rows
+    out.update(input_ids=input_ids, position_ids=position_ids, attention_mask=visible[:, None])
+    return out

@@ -77,13 +77,13 @@ def preset(scale_name: str | None = None) -> ExperimentPreset:
     """The preset of ``scale_name`` (default: the active scale).
 
     - ``ci``: the random tiny model on 32 pairs, 10 steps per run; the three runs take seconds on 2 cores.
-    - ``cpu``: SmolLM2-135M-Instruct. Sized from measured step costs (about 3 s per SFT step of 8
-      sequences, 7 s per DPO step of 8 pairs, 0.2 s per pair for the reference log-probs on 2 cores) so
-      that SFT + DPO-from-SFT + DPO-from-base fit in about 20 minutes (estimate: 200 s SFT, 2 x 350 s DPO,
-      2 x 90 s reference log-probs): 60 SFT steps (480 sequences, 1.25 epochs of 384 chosen summaries),
-      48 DPO steps of 8 pairs (one epoch of the 384 pairs, each pair seen once), a checkpoint every 8 steps
-      (6 checkpoints for the credit-vs-steps curves). lr 5e-6 for DPO is where a prototype found the best
-      localisation early; pair accuracy reaches 1 within ~40 steps there.
+    - ``cpu``: SmolLM2-135M-Instruct, sized from step costs measured on 2 cores (Xeon @ 2.5 GHz, about
+      160 GFLOP/s fp32 matmul): 13 s per SFT step of 8 sequences (~210 tokens each), 9.5 s per DPO step of
+      4 pairs (shared prompt, ~260 tokens a pair), 0.6 s per pair for the reference log-probs. 20 SFT steps
+      (one epoch of the 160 chosen summaries, lr 2e-5), then two DPO runs of 32 steps of 4 pairs (128 pairs,
+      each seen once, lr 1e-5) with a checkpoint every 4 steps (8 points for the credit-vs-steps curves):
+      about 260 s + 2 x 380 s, under the 20 minutes the chapters promise. A prototype on this model found
+      localisation sharpening within ~20-25 DPO steps of 8 pairs at lr 5e-6 to 1e-5 and fading afterwards.
     - ``gpu``: the same model on ten times the data and steps.
     """
     return scale.pick(
@@ -92,8 +92,8 @@ def preset(scale_name: str | None = None) -> ExperimentPreset:
             dpo_steps=10, dpo_batch_size=4, dpo_lr=1e-3, beta=0.1, max_length=256, save_steps=2, seed=0,
         ),
         cpu=ExperimentPreset(
-            model_name="smollm2-135m", n_train_pairs=384, n_eval_pairs=64, sft_steps=60, sft_batch_size=8,
-            sft_lr=1e-5, dpo_steps=48, dpo_batch_size=8, dpo_lr=5e-6, beta=0.1, max_length=384, save_steps=8,
+            model_name="smollm2-135m", n_train_pairs=160, n_eval_pairs=64, sft_steps=20, sft_batch_size=8,
+            sft_lr=2e-5, dpo_steps=32, dpo_batch_size=4, dpo_lr=1e-5, beta=0.1, max_length=384, save_steps=4,
             seed=0,
         ),
         gpu=ExperimentPreset(

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from qstar_lib.collate import collate_pairs, encode_pairs, pad_token_id
+from qstar_lib.collate import collate_pairs, collate_shared_prompt, encode_pairs, pad_token_id
 
 
 def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -149,6 +149,59 @@ def model_device(model) -> torch.device:
         return torch.device("cpu")
 
 
+def supports_shared_prompt(model) -> bool:
+    """Whether ``model`` can run a :func:`qstar_lib.collate.collate_shared_prompt` batch.
+
+    The block-causal mask is a custom 4D mask: sdpa and eager attention take one, flash-attention does not
+    (those models fall back to the ``[chosen; rejected]`` batch).
+    """
+    inner = getattr(model, "module", model)
+    return getattr(getattr(inner, "config", None), "_attn_implementation", None) in ("sdpa", "eager")
+
+
+def shared_prompt_per_token_logps(model, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token completion log-probs from a shared-prompt batch: (B, Tc) chosen and (B, Tr) rejected.
+
+    ``batch`` comes from :func:`qstar_lib.collate.collate_shared_prompt` (one row ``[prompt | chosen |
+    rejected]`` per pair). Entry j of a side is log p(token j | prompt, earlier tokens of that side),
+    0 where ``{side}_mask`` is 0: the same numbers as :func:`per_token_logps` on the ``[chosen; rejected]``
+    batch, for the prompt's tokens run once. Only the columns from the first one that predicts a completion
+    token onwards go through the LM head (``logits_to_keep``), and the log-softmax is read at the target
+    tokens without a (B, T, V) gather.
+    """
+    L = batch["input_ids"].shape[1]
+    src = torch.cat([batch["chosen_src"], batch["rejected_src"]], dim=1)  # (B, Tc + Tr)
+    ids = torch.cat([batch["chosen_ids"], batch["rejected_ids"]], dim=1)  # (B, Tc + Tr)
+    mask = torch.cat([batch["chosen_mask"], batch["rejected_mask"]], dim=1).bool()  # (B, Tc + Tr)
+    visible = batch["attention_mask"]  # (B, 1, L, L) boolean
+    inner = getattr(model, "module", model)
+    if getattr(inner.config, "_attn_implementation", None) == "eager":
+        # eager attention adds the mask to the scores: 0 where visible, the dtype's minimum elsewhere
+        dtype = next(model.parameters()).dtype
+        visible = torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill(~visible, torch.finfo(dtype).min)
+    first = int(src[mask].min()) if bool(mask.any()) else L - 1
+    kwargs = dict(input_ids=batch["input_ids"], attention_mask=visible, position_ids=batch["position_ids"],
+                  use_cache=False)
+    offset = 0
+    if _accepts(model, "logits_to_keep"):
+        kwargs["logits_to_keep"] = L - first
+        offset = first
+    logits = model(**kwargs).logits  # (B, L - offset, V)
+    rows = (src - offset).clamp(min=0)  # (B, Tc + Tr)
+    b = torch.arange(src.shape[0], device=src.device)[:, None]  # (B, 1)
+    target_logits = logits[b, rows, ids].float()  # (B, Tc + Tr)
+    lse = torch.logsumexp(logits.float(), dim=-1)  # (B, L - offset)
+    logps = torch.where(mask, target_logits - lse.gather(1, rows), torch.zeros_like(target_logits))  # (B, Tc + Tr)
+    Tc = batch["chosen_src"].shape[1]
+    return logps[:, :Tc], logps[:, Tc:]
+
+
+def shared_prompt_logps(model, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed chosen and rejected log-probs, (B,) and (B,), of a shared-prompt batch (see above)."""
+    chosen, rejected = shared_prompt_per_token_logps(model, batch)  # (B, Tc), (B, Tr)
+    return chosen.sum(-1), rejected.sum(-1)
+
+
 def pair_logps(
     model,
     tokenizer,
@@ -157,6 +210,7 @@ def pair_logps(
     max_length: int = 512,
     max_prompt_length: int | None = None,
     progress: bool = True,
+    share_prompt: bool = True,
 ) -> list[dict]:
     """Per-token log-probs of the chosen and rejected completions of preference records, one dict per record.
 
@@ -165,34 +219,46 @@ def pair_logps(
     was kept), ``{side}_logps`` (their sum), ``{side}_ids`` (the token ids of those positions) and
     ``{side}_has_eos``. Runs under ``torch.inference_mode()`` with a tqdm bar.
 
-    Compute this once for the reference model and pass it as ``ref_scores`` to :func:`score_pairs` to score
-    several policies against the same reference.
+    Pairs go through the model in batches of similar length, and (``share_prompt``, when the model's
+    attention takes a custom mask) with their prompt encoded once for both completions
+    (:func:`qstar_lib.collate.collate_shared_prompt`); the values do not depend on either choice (tested to
+    1e-5), only the time does. Compute this once for the reference model and pass it as ``ref_scores`` to
+    :func:`score_pairs` to score several policies against the same reference.
     """
     from tqdm.auto import tqdm
 
     encoded = encode_pairs(records, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length)
     device = model_device(model)
-    results: list[dict] = []
+    shared = share_prompt and supports_shared_prompt(model)
+    pad = pad_token_id(tokenizer)
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]["chosen_input_ids"]) + len(encoded[i]["rejected_input_ids"]))
+    results: list[dict | None] = [None] * len(encoded)
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            for lo in tqdm(range(0, len(encoded), batch_size), desc="log-probs", disable=not progress):
-                chunk = encoded[lo : lo + batch_size]
-                batch = {k: v.to(device) for k, v in collate_pairs(chunk, pad_token_id(tokenizer)).items()}
-                logps = per_token_logps(model, **batch).float().cpu()  # (2b, T)
-                mask = batch["completion_mask"].bool().cpu()  # (2b, T)
-                ids = batch["input_ids"].cpu()  # (2b, T)
-                b = len(chunk)
-                for i, pair in enumerate(chunk):
+            for lo in tqdm(range(0, len(order), batch_size), desc="log-probs", disable=not progress):
+                chunk = order[lo : lo + batch_size]
+                pairs = [encoded[i] for i in chunk]
+                if shared:
+                    batch = {k: v.to(device) for k, v in collate_shared_prompt(pairs, pad).items()}
+                    sides = dict(zip(("chosen", "rejected"), shared_prompt_per_token_logps(model, batch)))  # (b, Ts) each
+                    rows = {side: (sides[side].float().cpu(), batch[f"{side}_mask"].bool().cpu(),
+                                   batch[f"{side}_ids"].cpu(), 0) for side in sides}
+                else:
+                    batch = {k: v.to(device) for k, v in collate_pairs(pairs, pad).items()}
+                    logps = per_token_logps(model, **batch).float().cpu()  # (2b, T): chosen rows, then rejected
+                    mask, ids = batch["completion_mask"].bool().cpu(), batch["input_ids"].cpu()  # (2b, T) each
+                    rows = {"chosen": (logps, mask, ids, 0), "rejected": (logps, mask, ids, len(chunk))}
+                for j, (i, pair) in enumerate(zip(chunk, pairs)):
                     row = {}
-                    for side, r in (("chosen", i), ("rejected", b + i)):
-                        values = logps[r][mask[r]]
-                        row[f"{side}_per_token_logps"] = values.tolist()
-                        row[f"{side}_logps"] = float(values.double().sum())
-                        row[f"{side}_ids"] = ids[r][mask[r]].tolist()
+                    for side, (values, mask, ids, shift) in rows.items():
+                        kept = values[j + shift][mask[j + shift]]
+                        row[f"{side}_per_token_logps"] = kept.tolist()
+                        row[f"{side}_logps"] = float(kept.double().sum())
+                        row[f"{side}_ids"] = ids[j + shift][mask[j + shift]].tolist()
                         row[f"{side}_has_eos"] = bool(pair[f"{side}_has_eos"])
-                    results.append(row)
+                    results[i] = row
     finally:
         model.train(was_training)
     return results

@@ -35,9 +35,9 @@ import numpy as np
 import torch
 
 from qstar_lib import checkpoint as ckpt
-from qstar_lib.collate import collate_pairs, encode_pairs, encode_sft, pad_batch, pad_token_id
+from qstar_lib.collate import collate_pairs, collate_shared_prompt, encode_pairs, encode_sft, pad_batch, pad_token_id
 from qstar_lib.dpo import dpo_loss
-from qstar_lib.logps import per_token_logps, sequence_logps
+from qstar_lib.logps import per_token_logps, sequence_logps, shared_prompt_logps, supports_shared_prompt
 
 OPTIMIZERS = ("adamw", "rmsprop")
 SCHEDULERS = ("constant_with_warmup", "linear")
@@ -251,12 +251,22 @@ def _accelerator(config: TrainConfig):
     from accelerate.state import AcceleratorState
 
     try:
-        return Accelerator(mixed_precision=config.mixed_precision)
+        accelerator = Accelerator(mixed_precision=config.mixed_precision)
     except ValueError:
         # accelerate keeps one process-wide state; a notebook that trains once in fp32 and then in bf16 would
         # otherwise need a restart. Only the precision is reset; the process group (if any) is kept.
         AcceleratorState._reset_state(reset_partial_state=False)
-        return Accelerator(mixed_precision=config.mixed_precision)
+        accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    world = torch.distributed.get_world_size() if torch.distributed.is_available() and torch.distributed.is_initialized() else 1
+    if world > accelerator.num_processes:
+        # e.g. an FSDP config with use_cpu: accelerate starts the processes but falls back to distributed
+        # type NO, and every process would silently train its own full copy on all the data
+        raise RuntimeError(
+            f"{world} processes were launched but accelerate set up {accelerator.num_processes} "
+            f"(distributed_type={accelerator.distributed_type}); this launch config is not supported here "
+            "(FSDP needs GPUs; on CPUs use distributed_type: MULTI_CPU)"
+        )
+    return accelerator
 
 
 def _seed_all(seed: int) -> None:
@@ -324,6 +334,9 @@ def _run_loop(
         tensors, meta = ckpt.load_training_state(resume_from)
         if meta.get("kind") != kind:
             raise ValueError(f"{resume_from} is a {meta.get('kind')} checkpoint, not {kind}")
+        if meta.get("optimizer") is None:
+            raise ValueError(f"{resume_from} was saved under FSDP without optimizer state: it holds the weights "
+                             "(load it as a model) but cannot resume a run")
         ckpt.load_model_weights(model, resume_from)
         optimizer.load_state_dict(ckpt.optimizer_state_from_flat(tensors, meta["optimizer"]))
         start_step = int(meta["step"])
@@ -346,8 +359,12 @@ def _run_loop(
         if not config.output_dir:
             return
         accelerator.wait_for_everyone()
+        # Under FSDP the weights are sharded: gathering the full state dict is a collective every rank joins.
+        # The optimizer moments stay sharded and are not written (resuming such a checkpoint is refused).
+        sharded = str(accelerator.distributed_type).endswith("FSDP")
+        full_state = accelerator.get_state_dict(model) if sharded else None
         if accelerator.is_main_process:
-            opt_tensors, opt_meta = ckpt.optimizer_state_to_flat(optimizer.state_dict())
+            opt_tensors, opt_meta = ({}, None) if sharded else ckpt.optimizer_state_to_flat(optimizer.state_dict())
             rng_tensors, rng_meta = ckpt.rng_state_to_flat()
             order = _epoch_order(n_records, config.seed, step // schedule.steps_per_epoch)
             tensors = {**opt_tensors, **rng_tensors, "data.order": order, **extra_tensors}
@@ -357,7 +374,7 @@ def _run_loop(
                 "config": config.to_dict(), "history": list(history),
             }
             folder = ckpt.checkpoint_dir(config.output_dir, step)
-            ckpt.save_checkpoint(folder, accelerator.unwrap_model(model), tokenizer, tensors, meta)
+            ckpt.save_checkpoint(folder, accelerator.unwrap_model(model), tokenizer, tensors, meta, state_dict=full_state)
         accelerator.wait_for_everyone()
 
     bar = tqdm(
@@ -486,121 +503,18 @@ def _pair_logps(model, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor,
     return logps.chunk(2)
 
 
-def collate_shared_prompt(encoded_pairs: Sequence[Mapping], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Pack each pair as one row ``[prompt | chosen | rejected]`` with a block-causal attention mask.
-
-    The ``[chosen; rejected]`` batch runs the prompt through the model twice. Here the prompt appears once:
-    chosen tokens see the prompt and earlier chosen tokens, rejected tokens see the prompt and earlier
-    rejected tokens (never the chosen ones), and the rejected positions restart where the prompt ends. Every
-    completion token therefore has exactly the context and position it has in the ``[chosen; rejected]``
-    batch, so the log-probs are the same numbers, for about 40% fewer tokens on TL;DR-shaped data.
-
-    Rows are left-padded. Returns ``input_ids`` (B, L), ``position_ids`` (B, L), ``attention_mask`` (B, 1, L, L) boolean
-    (True = may attend), and for ``side`` in chosen/rejected: ``{side}_src`` (B, Ts), the position whose
-    output predicts each completion token, ``{side}_ids`` (B, Ts) those tokens, ``{side}_mask`` (B, Ts).
-    """
-    B = len(encoded_pairs)
-    parts = []
-    for i, p in enumerate(encoded_pairs):
-        n_p = p["chosen_n_prompt"]
-        prompt = p["chosen_input_ids"][:n_p]
-        if p["rejected_n_prompt"] != n_p or p["rejected_input_ids"][:n_p] != prompt:
-            raise ValueError(f"pair {i}: chosen and rejected were encoded with different prompts")
-        parts.append((prompt, p["chosen_input_ids"][n_p:], p["rejected_input_ids"][n_p:]))
-    L = max(len(a) + len(b) + len(c) for a, b, c in parts)
-    Tc = max(len(b) for _, b, _ in parts)
-    Tr = max(len(c) for _, _, c in parts)
-    input_ids = torch.full((B, L), int(pad_token_id), dtype=torch.long)  # (B, L)
-    position_ids = torch.zeros((B, L), dtype=torch.long)  # (B, L)
-    segment = torch.full((B, L), -1, dtype=torch.long)  # (B, L): 0 prompt, 1 chosen, 2 rejected, -1 pad
-    out = {f"{side}_{k}": torch.zeros((B, T), dtype=torch.long) for side, T in (("chosen", Tc), ("rejected", Tr))
-           for k in ("src", "ids", "mask")}
-    for i, (prompt, chosen, rejected) in enumerate(parts):
-        n_p, n_c, n_r = len(prompt), len(chosen), len(rejected)
-        o = L - (n_p + n_c + n_r)  # left padding: every row's completions end at column L, so the LM head
-        # only needs the last max(n_c + n_r) + 1 columns (logits_to_keep) instead of everything after a short prompt
-        input_ids[i, o:] = torch.tensor(prompt + chosen + rejected)
-        position_ids[i, o : o + n_p + n_c] = torch.arange(n_p + n_c)
-        position_ids[i, o + n_p + n_c :] = torch.arange(n_p, n_p + n_r)  # rejected restarts after the prompt
-        segment[i, o : o + n_p], segment[i, o + n_p : o + n_p + n_c], segment[i, o + n_p + n_c :] = 0, 1, 2
-        for side, tokens, start in (("chosen", chosen, o + n_p), ("rejected", rejected, o + n_p + n_c)):
-            n = len(tokens)
-            # token j is predicted by the output at the previous position of its own segment (the prompt's last for j=0)
-            out[f"{side}_src"][i, :n] = torch.tensor([o + n_p - 1] + list(range(start, start + n - 1)))
-            out[f"{side}_ids"][i, :n] = torch.tensor(tokens)
-            out[f"{side}_mask"][i, :n] = 1
-    idx = torch.arange(L)
-    valid = segment >= 0  # (B, L)
-    causal = idx[None, :] <= idx[:, None]  # (L, L): key <= query
-    same = (segment[:, None, :] == 0) | (segment[:, None, :] == segment[:, :, None])  # (B, L, L)
-    visible = causal[None] & same & valid[:, None, :]  # (B, L, L)
-    visible |= torch.eye(L, dtype=torch.bool)[None] & ~valid[:, :, None]  # padding sees itself: no empty rows
-    out.update(input_ids=input_ids, position_ids=position_ids, attention_mask=visible[:, None])
-    return out
-
-
-def shared_prompt_logps(model, batch: Mapping[str, torch.Tensor], accepts_logits_to_keep: bool = True):
-    """Summed chosen and rejected log-probs, (B,) and (B,), from a :func:`collate_shared_prompt` batch.
-
-    Only the positions from the first one that predicts a completion token onwards go through the LM head
-    (``logits_to_keep``), and the log-softmax is read at the target tokens without a (B, T, V) gather.
-    """
-    L = batch["input_ids"].shape[1]
-    src = torch.cat([batch["chosen_src"], batch["rejected_src"]], dim=1)  # (B, Tc + Tr)
-    ids = torch.cat([batch["chosen_ids"], batch["rejected_ids"]], dim=1)  # (B, Tc + Tr)
-    mask = torch.cat([batch["chosen_mask"], batch["rejected_mask"]], dim=1).bool()  # (B, Tc + Tr)
-    first = int(src[mask].min()) if bool(mask.any()) else L - 1
-    kwargs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                  position_ids=batch["position_ids"], use_cache=False)
-    offset = 0
-    if accepts_logits_to_keep:
-        kwargs["logits_to_keep"] = L - first
-        offset = first
-    logits = model(**kwargs).logits  # (B, L - offset, V)
-    rows = (src - offset).clamp(min=0)  # (B, Tc + Tr)
-    b = torch.arange(src.shape[0], device=src.device)[:, None]  # (B, 1)
-    target_logits = logits[b, rows, ids].float()  # (B, Tc + Tr)
-    lse = torch.logsumexp(logits.float(), dim=-1)  # (B, L - offset)
-    logps = torch.where(mask, target_logits - lse.gather(1, rows), torch.zeros_like(target_logits))  # (B, Tc + Tr)
-    Tc = batch["chosen_src"].shape[1]
-    return logps[:, :Tc].sum(-1), logps[:, Tc:].sum(-1)
-
-
-def _supports_shared_prompt(model) -> bool:
-    """Block masks need an attention that takes a custom 4D mask (sdpa, eager); flash-attention does not."""
-    return getattr(getattr(model, "config", None), "_attn_implementation", None) in ("sdpa", "eager")
-
-
 class _PairScorer:
     """Chooses the shared-prompt or the ``[chosen; rejected]`` path once per run and collates for it."""
 
     def __init__(self, model, pad_token_id: int, share_prompt: bool) -> None:
         self.pad_token_id = pad_token_id
-        self.shared = share_prompt and _supports_shared_prompt(model)
-        self.accepts = _accepts_logits_to_keep(model)
-        self.additive = model.config._attn_implementation == "eager" if self.shared else False
+        self.shared = share_prompt and supports_shared_prompt(model)
 
     def collate(self, pairs: Sequence[Mapping]) -> dict[str, torch.Tensor]:
         return collate_shared_prompt(pairs, self.pad_token_id) if self.shared else collate_pairs(pairs, self.pad_token_id)
 
     def __call__(self, model, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.shared:
-            if self.additive:  # eager attention adds the mask to the scores: 0 where visible, -inf-ish elsewhere
-                dtype = next(model.parameters()).dtype
-                visible = batch["attention_mask"]
-                batch = {**batch, "attention_mask": torch.zeros(visible.shape, dtype=dtype, device=visible.device)
-                         .masked_fill(~visible, torch.finfo(dtype).min)}
-            return shared_prompt_logps(model, batch, self.accepts)
-        return _pair_logps(model, batch)
-
-
-def _accepts_logits_to_keep(model) -> bool:
-    import inspect
-
-    try:
-        return "logits_to_keep" in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
+        return shared_prompt_logps(model, batch) if self.shared else _pair_logps(model, batch)
 
 
 def precompute_ref_logps(

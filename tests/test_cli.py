@@ -122,3 +122,19 @@ def test_make_data_writes_records(tmp_path):
     rows = _jsonl(out)
     assert len(rows) == 5
     assert all({"prompt", "chosen", "rejected"} <= set(row) for row in rows)
+
+
+def test_make_data_converts_a_local_tldr_file(tmp_path, capsys):
+    """--source tldr reads the hub's schema (here a local copy the test writes) and drops CNN/DM rows loudly."""
+    from qstar_lib.data import synthetic_tldr, write_jsonl
+
+    rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in synthetic_tldr(4, seed=2, split="test")]
+    rows.insert(1, {"prompt": "Article:\nA storm.\n\nTL;DR:", "chosen": " storm", "rejected": " sun"})
+    src, out = write_jsonl(rows, str(tmp_path / "tldr.jsonl")), tmp_path / "out.jsonl"
+    with pytest.warns(UserWarning, match="removed 1 of 5"):
+        assert main(["make-data", "--source", "tldr", "--split", "validation", "--path", src, "--n", "0",
+                     "--out", str(out)]) == 0
+    got = _jsonl(out)
+    assert [r["prompt"] for r in got] == [r["prompt"] for r in rows if r["prompt"].startswith("SUBREDDIT:")]
+    with pytest.raises(SystemExit, match="--path is for --source tldr"):
+        main(["make-data", "--path", src, "--out", str(out)])

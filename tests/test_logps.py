@@ -178,3 +178,22 @@ def test_logits_as_soft_q_is_eq_5_to_7():
         torch.testing.assert_close(pi2, pi)  # a per-state shift leaves the policy unchanged
         torch.testing.assert_close(v2 - v, shift.squeeze(-1))  # and moves V by the same amount
     torch.testing.assert_close(logits_as_soft_q(logits, 1.0)[2], logits.softmax(-1))
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_pair_logps_shared_prompt_equals_the_concatenated_batch(tiny_lm, pair_records, attn):
+    """The packed [prompt | chosen | rejected] path gives every per-token value of the naive path (<= 1e-5)."""
+    model, tok = tiny_lm
+    old = model.config._attn_implementation
+    model.config._attn_implementation = attn
+    try:
+        naive = pair_logps(model, tok, pair_records, batch_size=len(pair_records), progress=False, share_prompt=False)
+        for batch_size in (1, 3):
+            packed = pair_logps(model, tok, pair_records, batch_size=batch_size, progress=False)
+            for a, b in zip(naive, packed):
+                for side in ("chosen", "rejected"):
+                    assert a[f"{side}_ids"] == b[f"{side}_ids"] and a[f"{side}_has_eos"] == b[f"{side}_has_eos"]
+                    gap = max(abs(x - y) for x, y in zip(a[f"{side}_per_token_logps"], b[f"{side}_per_token_logps"]))
+                    assert gap <= 1e-5, (attn, batch_size, side, gap)
+    finally:
+        model.config._attn_implementation = old

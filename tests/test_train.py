@@ -9,13 +9,12 @@ import pytest
 import torch
 
 from qstar_lib import checkpoint as ckpt
-from qstar_lib.collate import collate_pairs, encode_pairs, encode_sft
+from qstar_lib.collate import collate_pairs, collate_shared_prompt, encode_pairs, encode_sft
 from qstar_lib.logps import per_token_logps, sequence_logps
 from qstar_lib.train import (
     DPOConfig,
     History,
     SFTConfig,
-    collate_shared_prompt,
     history_to_dataframe,
     train_dpo,
     train_sft,
