@@ -116,6 +116,10 @@ def _renumber(app, env):
 
 
 def setup(app):
+    # MathJax on every page: Sphinx adds it only where it saw math while reading, but the bibliography's math
+    # (the paper's title, "From $r$ to $Q^*$") is created later by sphinxcontrib-bibtex, and the browser
+    # test then finds an untypeset equation there
+    app.set_html_assets_policy("always")
     app.connect("config-inited", _theme_defaults)
     app.add_js_file(None, body=_WIDGET_OFFLINE_JS, priority=450)
     # after the theme and extensions have added their scripts
