@@ -16,7 +16,9 @@ log-sum-exp of its logits, eq. 15's baseline) matters: only *differences between
 
 :class:`ProxyTuningLogitsProcessor` does this inside ``model.generate``. It knows nothing about how the
 proxy was trained, about tokenisation, or about judging the output: the three models must share one
-vocabulary (same token ids), which is checked on the logits' last dimension.
+vocabulary (same token ids), which is checked on the logits' last dimension. :func:`steered_summaries`
+plugs it into the batched summary decoding of :mod:`qstar_lib.search` (same prompts, padding and stopping
+rules as every other decoding in the book).
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ import torch
 import torch.nn.functional as F
 from transformers import Cache, LogitsProcessor
 
-__all__ = ["implicit_advantage", "proxy_logits", "proxy_distribution", "ProxyTuningLogitsProcessor"]
+__all__ = [
+    "implicit_advantage", "proxy_logits", "proxy_distribution", "ProxyTuningLogitsProcessor", "steered_summaries",
+]
 
 
 def _check_same_shape(**tensors: torch.Tensor) -> None:
@@ -213,3 +217,20 @@ class ProxyTuningLogitsProcessor(LogitsProcessor):
                 f"proxy/ref vocabulary ({proxy.shape[-1]}) differs from the base model's ({scores.shape[-1]})"
             )
         return proxy_logits(scores, proxy.to(scores.device), ref.to(scores.device), self.beta)  # (B, V)
+
+
+def steered_summaries(base_model, proxy_model, ref_model, tokenizer, prompts, beta: float, **generate_kwargs):
+    """One summary per prompt from ``base_model`` steered by eq. 14 with strength ``beta`` (0: unsteered).
+
+    :func:`qstar_lib.search.generate_summaries` (batched, left-padded prompts, greedy by default, stopping
+    at EOS or a new paragraph) with a fresh :class:`ProxyTuningLogitsProcessor` per batch, built on that
+    batch's prompt mask so the proxy and reference see the same positions as the base model. All three
+    models run in evaluation mode for the duration. ``generate_kwargs`` go to ``generate_summaries``.
+    """
+    from qstar_lib.search import _eval_mode, generate_summaries
+
+    def processors(attention_mask: torch.Tensor) -> list:
+        return [ProxyTuningLogitsProcessor(proxy_model, ref_model, beta, attention_mask=attention_mask)]
+
+    with _eval_mode(proxy_model, ref_model):
+        return generate_summaries(base_model, tokenizer, prompts, logits_processors=processors, **generate_kwargs)

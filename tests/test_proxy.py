@@ -225,3 +225,42 @@ def test_processor_is_reusable_and_works_with_beams(models):
     beams_cached = _generate(base, input_ids, attention_mask, [cached], num_beams=3)
     beams_naive = _generate(base, input_ids, attention_mask, [naive], num_beams=3)
     assert torch.equal(beams_cached.sequences, beams_naive.sequences)
+
+
+# ----------------------------------------------------------------------------------------------- batched summaries
+
+
+def test_steered_summaries_batch_like_one_prompt_at_a_time(tiny_lm):
+    """Left-padded batches steer each prompt exactly as it is steered alone, and match a hand-made generate."""
+    from qstar_lib.search import generate_summaries, first_paragraph
+    from qstar_lib.proxy import steered_summaries
+
+    base, tok = tiny_lm
+    proxy, ref = (_random_llama(tok, seed) for seed in (11, 12))
+    prompts = ["POST: He earns 38k. TL;DR:", "The quick brown fox", "Q:", "A much longer prompt about a cat and a hat"]
+    kw = dict(max_new_tokens=10, progress=False, stop_at_newline=False)
+    batched = steered_summaries(base, proxy, ref, tok, prompts, 1.0, batch_size=3, **kw)
+    alone = [steered_summaries(base, proxy, ref, tok, [p], 1.0, batch_size=1, **kw)[0] for p in prompts]
+    assert batched == alone
+    ids = tok(prompts[2], add_special_tokens=False, return_tensors="pt").input_ids  # (1, P)
+    with torch.inference_mode():
+        out = base.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=10,
+                            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                            logits_processor=LogitsProcessorList([ProxyTuningLogitsProcessor(proxy, ref, 1.0)]))
+    assert batched[2] == tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).rstrip()
+    plain = generate_summaries(base, tok, prompts, batch_size=3, **kw)
+    assert steered_summaries(base, proxy, ref, tok, prompts, 0.0, batch_size=3, **kw) == plain  # beta 0: unsteered
+    assert batched != plain  # the steering changes something, so the test can tell
+    assert first_paragraph(batched[0]) == steered_summaries(base, proxy, ref, tok, prompts[:1], 1.0, max_new_tokens=10,
+                                                             progress=False)[0]  # newline stop: same first paragraph
+
+
+def _random_llama(tok, seed):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(config).float().eval()

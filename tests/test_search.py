@@ -117,6 +117,40 @@ def test_newline_stops_the_summary(tiny_lm):
     assert model.training
 
 
+@pytest.mark.parametrize("num_beams, length_penalty", [(3, 0.0), (4, 1.0)])
+def test_shared_prefill_gives_the_same_beams_as_plain_generate(tiny_lm, num_beams, length_penalty):
+    """The prompt is run once and its cache repeated across beams: token for token what generate does alone,
+    with prompts of different lengths (left padding) in one batch."""
+    model, tok = tiny_lm
+    assert len({len(tok(p, add_special_tokens=False).input_ids) for p in PROMPTS}) > 1  # padding is exercised
+    kw = dict(num_beams=num_beams, length_penalty=length_penalty, max_new_tokens=10, batch_size=3, progress=False,
+              stop_at_newline=False)
+    shared = generate_summaries(model, tok, PROMPTS, share_prefill=True, **kw)
+    assert shared == generate_summaries(model, tok, PROMPTS, share_prefill=False, **kw)
+    top2 = generate_summaries(model, tok, PROMPTS, num_return_sequences=2, **kw)
+    assert len(top2) == 2 * len(PROMPTS) and top2[::2] == shared  # the best beam comes first
+
+
+def test_shared_prefill_keeps_the_samples(tiny_lm):
+    model, tok = tiny_lm
+    kw = dict(do_sample=True, max_new_tokens=8, progress=False, batch_size=2, seed=3, num_return_sequences=3,
+              stop_at_newline=False)
+    shared = generate_summaries(model, tok, PROMPTS, share_prefill=True, **kw)
+    assert len(shared) == 3 * len(PROMPTS)
+    assert shared == generate_summaries(model, tok, PROMPTS, share_prefill=False, **kw)
+    assert len(set(shared)) > len(PROMPTS)  # the three samples of a prompt are not copies of one another
+
+
+def test_num_return_sequences_is_checked(tiny_lm):
+    model, tok = tiny_lm
+    with pytest.raises(ValueError, match="num_return_sequences"):
+        generate_summaries(model, tok, PROMPTS, num_return_sequences=0, progress=False)
+    with pytest.raises(ValueError, match=r"num_return_sequences \(3\) must be <= num_beams \(2\)"):
+        generate_summaries(model, tok, PROMPTS, num_beams=2, num_return_sequences=3, progress=False)
+    with pytest.raises(ValueError, match="greedy"):
+        generate_summaries(model, tok, PROMPTS, num_return_sequences=2, progress=False)
+
+
 def test_first_paragraph():
     assert first_paragraph(" he earns 38k.\nPOST: next") == " he earns 38k."
     assert first_paragraph("\n\nA b.\nC") == " A b."  # blank lines before the text are not a stop
