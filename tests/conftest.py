@@ -107,3 +107,27 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket.socket, "connect_ex", refuse)
     monkeypatch.setattr(socket, "getaddrinfo", refuse_lookup)
+
+
+@pytest.fixture(scope="session")
+def random_lm():
+    """A builder ``random_lm(tokenizer, seed, boost=None)`` of seeded random 2-layer LlamaForCausalLMs (float32,
+    eval) over ``tokenizer``'s vocabulary. ``boost`` scales output rows (token id -> factor) so that those tokens
+    become likely in some contexts and unlikely in others (a random model never ends otherwise)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    def build(tokenizer, seed: int, boost: dict[int, float] | None = None):
+        config = LlamaConfig(
+            vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = LlamaForCausalLM(config).float().eval()
+        with torch.no_grad():
+            for token, factor in (boost or {}).items():
+                model.lm_head.weight[token] *= factor
+        return model
+
+    return build

@@ -230,13 +230,13 @@ def test_processor_is_reusable_and_works_with_beams(models):
 # ----------------------------------------------------------------------------------------------- batched summaries
 
 
-def test_steered_summaries_batch_like_one_prompt_at_a_time(tiny_lm):
+def test_steered_summaries_batch_like_one_prompt_at_a_time(tiny_lm, random_lm):
     """Left-padded batches steer each prompt exactly as it is steered alone, and match a hand-made generate."""
     from qstar_lib.search import generate_summaries, first_paragraph
     from qstar_lib.proxy import steered_summaries
 
     base, tok = tiny_lm
-    proxy, ref = (_random_llama(tok, seed) for seed in (11, 12))
+    proxy, ref = (random_lm(tok, seed) for seed in (11, 12))
     prompts = ["POST: He earns 38k. TL;DR:", "The quick brown fox", "Q:", "A much longer prompt about a cat and a hat"]
     kw = dict(max_new_tokens=10, progress=False, stop_at_newline=False)
     batched = steered_summaries(base, proxy, ref, tok, prompts, 1.0, batch_size=3, **kw)
@@ -254,13 +254,3 @@ def test_steered_summaries_batch_like_one_prompt_at_a_time(tiny_lm):
     assert first_paragraph(batched[0]) == steered_summaries(base, proxy, ref, tok, prompts[:1], 1.0, max_new_tokens=10,
                                                              progress=False)[0]  # newline stop: same first paragraph
 
-
-def _random_llama(tok, seed):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return LlamaForCausalLM(config).float().eval()

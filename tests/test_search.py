@@ -40,27 +40,8 @@ PROMPTS = [
 ]
 
 
-def random_lm(tokenizer, seed: int, boost: dict[int, float] | None = None):
-    """A seeded random 2-layer LlamaForCausalLM; ``boost`` scales output rows (token id -> factor) so that
-    those tokens become likely in some contexts and unlikely in others (a random model never ends otherwise)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(config).float().eval()
-    with torch.no_grad():
-        for token, factor in (boost or {}).items():
-            model.lm_head.weight[token] *= factor
-    return model
-
-
 @pytest.fixture(scope="module")
-def eos_lm(tiny_lm):
+def eos_lm(tiny_lm, random_lm):
     """(policy, ref, tokenizer): two different random models whose EOS is likely in some contexts."""
     _, tok = tiny_lm
     return random_lm(tok, 1, {tok.eos_token_id: 10.0}), random_lm(tok, 2, {tok.eos_token_id: 10.0}), tok
@@ -102,7 +83,7 @@ def test_generate_strips_the_prompt_and_batching_changes_nothing_under_greedy(ti
     assert batched == [naive_greedy(model, tok, p, 8).rstrip() for p in PROMPTS]
 
 
-def test_newline_stops_the_summary(tiny_lm):
+def test_newline_stops_the_summary(tiny_lm, random_lm):
     _, tok = tiny_lm
     newline = tok("\n", add_special_tokens=False).input_ids
     assert len(newline) == 1
