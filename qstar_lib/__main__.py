@@ -57,19 +57,55 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
     pass
 
 
-def _read_jsonl(path: str) -> list[dict]:
-    records = []
-    with open(path) as f:
+class InputError(Exception):
+    """Bad input to the command line: printed as one line, exit status 2 (``--traceback`` shows the trace)."""
+
+
+def _read_jsonl(path: str) -> tuple[list, list[int]]:
+    """The records of a jsonl file and the line number of each (blank lines skipped)."""
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: no such file")
+    records, lines = [], []
+    with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError as err:
-                raise SystemExit(f"{path}:{line_no}: not valid JSON ({err})") from err
+                raise InputError(f"{path}:{line_no}: not valid JSON ({err})") from err
+            lines.append(line_no)
     if not records:
-        raise SystemExit(f"{path}: no records")
-    return records
+        raise InputError(f"{path}: no records")
+    return records, lines
+
+
+def _checked_records(args, tokenizer, fields=("prompt", "chosen", "rejected"), max_length=None,
+                     max_prompt_length=None) -> list:
+    """Read ``--data`` and validate it before any work: one line naming file, line, record id and field.
+
+    With ``--drop-invalid`` the bad records are left out and the counts by reason are printed instead.
+    """
+    from qstar_lib.data import RecordError, validate_records
+
+    records, lines = _read_jsonl(args.data)
+    check = dict(tokenizer=tokenizer, max_length=max_length, max_prompt_length=max_prompt_length, fields=fields)
+    if getattr(args, "drop_invalid", False):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # the report is printed below, once
+            kept, report = validate_records(records, drop_invalid=True, **check)
+        if report.dropped:
+            i, rid, message = report.dropped[0]
+            print(f"{args.data}: {report}; first: line {lines[i]}: {message}", file=sys.stderr)
+        if not kept:
+            raise InputError(f"{args.data}: no valid records left after --drop-invalid")
+        return kept
+    try:
+        return validate_records(records, **check)
+    except RecordError as err:
+        raise InputError(f"{args.data}:{lines[err.index]}: {err} (--drop-invalid skips such records)") from err
 
 
 def _write_jsonl(path: str, rows: Sequence[dict]) -> None:
@@ -113,6 +149,12 @@ def _load(name: str):
     return load_model(name, dtype=torch.float32, device="cpu")  # accelerate moves it to the device
 
 
+def _tokenizer(name: str):
+    from qstar_lib.models import load_tokenizer
+
+    return load_tokenizer(name)
+
+
 def _resume_path(args) -> str | None:
     if args.resume_from is None:
         return None
@@ -120,10 +162,10 @@ def _resume_path(args) -> str | None:
         from qstar_lib.checkpoint import latest_checkpoint
 
         if not args.output_dir:
-            raise SystemExit("--resume-from latest needs --output-dir")
+            raise InputError("--resume-from latest needs --output-dir")
         path = latest_checkpoint(args.output_dir)
         if path is None:
-            raise SystemExit(f"no checkpoint-*/ under {args.output_dir} to resume from")
+            raise InputError(f"no checkpoint-*/ under {args.output_dir} to resume from")
         return path
     return args.resume_from
 
@@ -131,7 +173,7 @@ def _resume_path(args) -> str | None:
 def _finish(args, history) -> None:
     from accelerate import PartialState
 
-    if args.output_dir and PartialState().is_main_process:
+    if getattr(args, "output_dir", None) and PartialState().is_main_process:
         _write_jsonl(os.path.join(args.output_dir, "history.jsonl"), history)
     if PartialState().is_main_process and history:
         last = history[-1]
@@ -146,7 +188,7 @@ def cmd_make_data(args) -> int:
 
     if args.source == "synthetic":
         if args.path:
-            raise SystemExit("--path is for --source tldr (a local file in the trl-lib/tldr-preference schema)")
+            raise InputError("--path is for --source tldr (a local file in the trl-lib/tldr-preference schema)")
         records = synthetic_tldr(args.n, seed=args.seed, split=args.split)
     else:  # the paper's data: Reddit TL;DR preferences, from the hub (network) or a local copy
         records = load_tldr_preference(args.split, n=args.n or None, path=args.path)
@@ -159,8 +201,10 @@ def cmd_sft(args) -> int:
     from qstar_lib.train import SFTConfig, train_sft
 
     config = _config(args, SFTConfig)
+    records = _checked_records(args, _tokenizer(args.model), fields=("prompt", config.completion_field),
+                               max_length=config.max_length, max_prompt_length=config.max_prompt_length)
     model, tokenizer = _load(args.model)
-    history = train_sft(model, tokenizer, _read_jsonl(args.data), config, resume_from=_resume_path(args))
+    history = train_sft(model, tokenizer, records, config, resume_from=_resume_path(args))
     _finish(args, history)
     return 0
 
@@ -169,11 +213,14 @@ def cmd_dpo(args) -> int:
     from qstar_lib.train import DPOConfig, train_dpo
 
     config = _config(args, DPOConfig)
+    records = _checked_records(args, _tokenizer(args.model), max_length=config.max_length,
+                               max_prompt_length=config.max_prompt_length)
+    resume = _resume_path(args)
     model, tokenizer = _load(args.model)
     ref_model = None
-    if args.ref_model and _resume_path(args) is None:
+    if args.ref_model and resume is None:
         ref_model, _ = _load(args.ref_model)
-    history = train_dpo(model, ref_model, tokenizer, _read_jsonl(args.data), config, resume_from=_resume_path(args))
+    history = train_dpo(model, ref_model, tokenizer, records, config, resume_from=resume)
     _finish(args, history)
     return 0
 
@@ -181,7 +228,8 @@ def cmd_dpo(args) -> int:
 def cmd_score(args) -> int:
     from qstar_lib.logps import score_pairs
 
-    records = _read_jsonl(args.data)
+    records = _checked_records(args, _tokenizer(args.model), max_length=args.max_length,
+                               max_prompt_length=args.max_prompt_length)
     model, tokenizer = _load(args.model)
     ref_model, _ = _load(args.ref_model)
     scores = score_pairs(
@@ -210,8 +258,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m qstar_lib", description=__doc__, formatter_class=_Formatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="{make-data,sft,dpo,score}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--traceback", action="store_true",
+                        help="on bad input show the Python traceback instead of one line (for debugging)")
+    records = argparse.ArgumentParser(add_help=False)
+    records.add_argument("--drop-invalid", action="store_true",
+                         help="leave out malformed records (and print the counts by reason) instead of stopping")
 
-    p = sub.add_parser("make-data", formatter_class=_Formatter, help="write preference records (synthetic or TL;DR) as jsonl",
+    p = sub.add_parser("make-data", formatter_class=_Formatter, parents=[common], help="write preference records (synthetic or TL;DR) as jsonl",
                        description="Write TL;DR preference records (prompt/chosen/rejected) to a jsonl file, one record "
                                    "per line: the synthetic planted-error set (offline; with the planted error spans "
                                    "and facts), or the paper's Reddit TL;DR pairs from trl-lib/tldr-preference "
@@ -231,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("sft", SFTConfig, cmd_sft, "supervised fine-tuning on the chosen summaries (prompt tokens masked)"),
         ("dpo", DPOConfig, cmd_dpo, "DPO training with reference log-probs precomputed once"),
     ):
-        p = sub.add_parser(name, formatter_class=_Formatter, help=what,
+        p = sub.add_parser(name, formatter_class=_Formatter, help=what, parents=[common, records],
                            description=f"{what[0].upper()}{what[1:]}. Writes checkpoint-{{step}}/ folders and "
                                        "history.jsonl (TRL metric keys) under --output-dir. Use `accelerate launch -m "
                                        f"qstar_lib {name} ...` for several devices.")
@@ -248,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_config_flags(p, cls)
         p.set_defaults(func=func)
 
-    p = sub.add_parser("score", formatter_class=_Formatter, help="per-token implicit rewards (eq. 10) to jsonl",
+    p = sub.add_parser("score", formatter_class=_Formatter, parents=[common, records], help="per-token implicit rewards (eq. 10) to jsonl",
                        description="Score preference records: for every completion token, the implicit reward "
                                    "beta * log(pi(token)/pi_ref(token)) (paper eq. 10), plus sums and margins.")
     p.add_argument("--model", required=True, help="the trained policy: " + model_help)
@@ -264,9 +318,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand. Bad input (a malformed record, a missing file, a model that cannot be loaded)
+    ends with one line on stderr and exit status 2, before any output is written; ``--traceback`` re-raises."""
+    import warnings
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    if args.traceback:
+        return args.func(args)
+    warnings.formatwarning = _warning_line  # truncation counts and the like: one line each
+    try:
+        return args.func(args)
+    except (InputError, ValueError, TypeError, KeyError, OSError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        hint = "" if isinstance(err, InputError) else " (--traceback shows where)"
+        print(f"python -m qstar_lib {args.command}: error: {message}{hint}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import logging
 import os
 import warnings
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -176,56 +177,89 @@ def _check_errors(i: int, rid: Any, rec: dict) -> None:
         raise RecordError(i, "n_errors", f"is {rec['n_errors']} but 'errors' has {n_loc} localised errors", "bad_span", rid)
 
 
-def _check_record(i: int, rec: Any, tokenizer, max_prompt_tokens: int | None, seen_ids: dict) -> None:
+def _prompt_room(i: int, rid: Any, prompt: str, tokenizer, max_length: int | None,
+                 max_prompt_length: int | None, max_prompt_tokens: int | None) -> None:
+    """The prompt must leave at least one completion token inside ``max_length`` without being cut.
+
+    A prompt that fills the whole budget would be cut from the left by :func:`qstar_lib.collate.encode_completion`
+    down to ``max_length - 1`` tokens: a different post than the record's, and a completion of one token.
+    Cutting is accepted only when the caller asked for it with ``max_prompt_length``.
+    """
+    n_tok = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    if n_tok == 0:
+        raise RecordError(i, "prompt", "tokenises to 0 tokens", "empty", rid)
+    if max_prompt_tokens is not None and n_tok > max_prompt_tokens:
+        raise RecordError(i, "prompt", f"has {n_tok} tokens, more than max_prompt_tokens={max_prompt_tokens}",
+                          "too_long", rid)
+    if max_length is not None:
+        kept = n_tok if max_prompt_length is None else min(n_tok, max_prompt_length)
+        if kept >= max_length:
+            raise RecordError(i, "prompt", f"has {n_tok} tokens and leaves no room for a completion token within "
+                              f"max_length={max_length} (raise max_length, or set max_prompt_length to cut prompts)",
+                              "too_long", rid)
+
+
+def _check_record(i: int, rec: Any, tokenizer, max_prompt_tokens: int | None, seen_ids: dict,
+                  fields: Sequence[str] = REQUIRED, max_length: int | None = None,
+                  max_prompt_length: int | None = None) -> None:
     if not isinstance(rec, dict):
         raise RecordError(i, "<record>", f"is not a dict (got {type(rec).__name__})", "not_dict")
     rid = rec.get("id")
-    for key in REQUIRED:
+    for key in fields:
         if key not in rec:
             raise RecordError(i, key, "is missing", "missing", rid)
         if not isinstance(rec[key], str):
             raise RecordError(i, key, f"is not a string (got {type(rec[key]).__name__})", "not_string", rid)
         if not rec[key].strip():
             raise RecordError(i, key, "is empty", "empty", rid)
-    if rec["chosen"] == rec["rejected"]:
+    if "chosen" in fields and "rejected" in fields and rec["chosen"] == rec["rejected"]:
         raise RecordError(i, "rejected", "is identical to 'chosen'", "identical", rid)
     if rid is not None:
+        if not isinstance(rid, (str, int)) or isinstance(rid, bool):
+            raise RecordError(i, "id", f"must be a string or an integer (got {type(rid).__name__})", "bad_id", rid)
         if rid in seen_ids:
             raise RecordError(i, "id", f"repeats the id of record {seen_ids[rid]}", "duplicate_id", rid)
         seen_ids[rid] = i
-    if tokenizer is not None and max_prompt_tokens is not None:
-        n_tok = len(tokenizer(rec["prompt"], add_special_tokens=False)["input_ids"])
-        if n_tok > max_prompt_tokens:
-            raise RecordError(i, "prompt", f"has {n_tok} tokens, more than max_prompt_tokens={max_prompt_tokens}",
-                              "too_long", rid)
-    if "errors" in rec:
+    if tokenizer is not None and (max_prompt_tokens is not None or max_length is not None):
+        _prompt_room(i, rid, rec["prompt"], tokenizer, max_length, max_prompt_length, max_prompt_tokens)
+    if "errors" in rec and "rejected" in rec:
         _check_errors(i, rid, rec)
 
 
 def validate_records(records: Sequence[dict], *, tokenizer=None, max_prompt_tokens: int | None = None,
-                     drop_invalid: bool = False):
+                     max_length: int | None = None, max_prompt_length: int | None = None,
+                     fields: Sequence[str] = REQUIRED, drop_invalid: bool = False):
     """Check preference records; raise :class:`RecordError` naming the record and the field.
 
-    Checks: the record is a dict; ``prompt``/``chosen``/``rejected`` exist, are strings and are not
-    empty after stripping; ``chosen != rejected``; ids (when present) are unique; the prompt fits in
-    ``max_prompt_tokens`` (only when a tokenizer is given too); and for records with ``errors``, every
-    span lies inside ``rejected``, ends the planted value, and ``n_errors`` counts the localised ones.
+    Checks: the record is a dict; each of ``fields`` (``prompt``/``chosen``/``rejected`` by default; SFT
+    needs only the prompt and its completion field) exists, is a string and is not empty after stripping;
+    ``chosen != rejected``; ids (when present) are strings or integers and unique; with a tokenizer, the
+    prompt has tokens, fits in ``max_prompt_tokens``, and leaves room for a completion token within
+    ``max_length`` (unless ``max_prompt_length`` asks for prompts to be cut); and for records with
+    ``errors``, every span lies inside ``rejected``, ends the planted value, and ``n_errors`` counts the
+    localised ones.
+
+    Every entry point that takes records (training, scoring, the command line, the experiment pipeline)
+    calls this before any work, so a bad record fails in a second, not after the reference pass.
 
     Default: returns ``records`` (the same list) when all are valid, else raises on the first bad one.
     With ``drop_invalid=True`` returns ``(kept, report)``: the valid records and a :class:`DropReport`
     (counts by reason, indices, messages), which is also issued as a ``UserWarning`` and logged when
     anything was dropped. Nothing is dropped silently.
     """
+    if isinstance(records, (str, bytes, Mapping)) or not hasattr(records, "__len__"):
+        raise TypeError(f"records must be a list of dicts, got {type(records).__name__}")
     seen_ids: dict = {}
+    check = dict(fields=tuple(fields), max_length=max_length, max_prompt_length=max_prompt_length)
     if not drop_invalid:
         for i, rec in enumerate(records):
-            _check_record(i, rec, tokenizer, max_prompt_tokens, seen_ids)
+            _check_record(i, rec, tokenizer, max_prompt_tokens, seen_ids, **check)
         return records
     kept, report = [], DropReport(n_total=len(records))
     counts: Counter = Counter()
     for i, rec in enumerate(records):
         try:
-            _check_record(i, rec, tokenizer, max_prompt_tokens, seen_ids)
+            _check_record(i, rec, tokenizer, max_prompt_tokens, seen_ids, **check)
         except RecordError as err:
             counts[err.reason] += 1
             report.dropped.append((i, err.record_id, str(err)))

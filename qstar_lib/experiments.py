@@ -116,16 +116,20 @@ def train_records(p: ExperimentPreset | None = None) -> list[dict]:
     """The training pairs (synthetic planted-error TL;DR, split ``train``), the same for SFT and DPO."""
     from qstar_lib.data import synthetic_tldr
 
+    from qstar_lib.data import validate_records
+
     p = _p(p)
-    return synthetic_tldr(p.n_train_pairs, seed=p.seed, split="train")
+    return validate_records(synthetic_tldr(p.n_train_pairs, seed=p.seed, split="train"))
 
 
 def eval_records(p: ExperimentPreset | None = None) -> list[dict]:
     """Held-out pairs (split ``test``: no prompt in common with the training pairs)."""
     from qstar_lib.data import synthetic_tldr
 
+    from qstar_lib.data import validate_records
+
     p = _p(p)
-    return synthetic_tldr(p.n_eval_pairs, seed=p.seed, split="test")
+    return validate_records(synthetic_tldr(p.n_eval_pairs, seed=p.seed, split="test"))
 
 
 # ----------------------------------------------------------------------------- configs

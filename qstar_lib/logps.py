@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from qstar_lib.collate import collate_pairs, collate_shared_prompt, encode_pairs, pad_token_id
+from qstar_lib.data import validate_records
 
 
 def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -189,8 +190,9 @@ def shared_prompt_per_token_logps(model, batch: Mapping[str, torch.Tensor]) -> t
     logits = model(**kwargs).logits  # (B, L - offset, V)
     rows = (src - offset).clamp(min=0)  # (B, Tc + Tr)
     b = torch.arange(src.shape[0], device=src.device)[:, None]  # (B, 1)
-    target_logits = logits[b, rows, ids].float()  # (B, Tc + Tr)
-    lse = torch.logsumexp(logits.float(), dim=-1)  # (B, L - offset)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # float32 at least, float64 kept
+    target_logits = logits[b, rows, ids]  # (B, Tc + Tr)
+    lse = torch.logsumexp(logits, dim=-1)  # (B, L - offset)
     logps = torch.where(mask, target_logits - lse.gather(1, rows), torch.zeros_like(target_logits))  # (B, Tc + Tr)
     Tc = batch["chosen_src"].shape[1]
     return logps[:, :Tc], logps[:, Tc:]
@@ -227,6 +229,7 @@ def pair_logps(
     """
     from tqdm.auto import tqdm
 
+    validate_records(records, tokenizer=tokenizer, max_length=max_length, max_prompt_length=max_prompt_length)
     encoded = encode_pairs(records, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length)
     device = model_device(model)
     shared = share_prompt and supports_shared_prompt(model)

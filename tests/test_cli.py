@@ -136,5 +136,95 @@ def test_make_data_converts_a_local_tldr_file(tmp_path, capsys):
                      "--out", str(out)]) == 0
     got = _jsonl(out)
     assert [r["prompt"] for r in got] == [r["prompt"] for r in rows if r["prompt"].startswith("SUBREDDIT:")]
-    with pytest.raises(SystemExit, match="--path is for --source tldr"):
-        main(["make-data", "--path", src, "--out", str(out)])
+    capsys.readouterr()
+    assert main(["make-data", "--path", src, "--out", str(out)]) == 2
+    assert "--path is for --source tldr" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- malformed input
+
+GOOD = {"id": "a", "prompt": "POST: He earns 38k. TL;DR:", "chosen": " he earns 38k", "rejected": " he earns 250k"}
+#: (name, the bad line of the data file, the field the message must name). Each file is a good record, then the
+#: bad one on line 2, so the message must carry the line number, not only the index.
+MALFORMED = [
+    ("missing_rejected", {"id": "b", "prompt": "POST: x. TL;DR:", "chosen": " x"}, "'rejected' is missing"),
+    ("identical", {"id": "b", "prompt": "POST: x. TL;DR:", "chosen": " x", "rejected": " x"},
+     "'rejected' is identical to 'chosen'"),
+    ("chosen_number", {"id": "b", "prompt": "POST: x. TL;DR:", "chosen": 38000, "rejected": " x"},
+     "'chosen' is not a string (got int)"),
+    ("empty_prompt", {"id": "b", "prompt": "", "chosen": " x", "rejected": " y"}, "'prompt' is empty"),
+    ("long_prompt", {"id": "b", "prompt": "word " * 5000, "chosen": " x", "rejected": " y"},
+     "'prompt' has"),
+    ("duplicate_id", {**GOOD, "chosen": " he earns 38k a year"}, "'id' repeats the id of record 0"),
+]
+
+
+def _run_bad(cmd: list[str], cwd, *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", "QSTAR_SCALE": "ci"}
+    return subprocess.run([sys.executable, "-m", "qstar_lib", *cmd, *extra], cwd=str(cwd), env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _write_lines(path, *lines: str) -> str:
+    path.write_text("".join(line + "\n" for line in lines))
+    return str(path)
+
+
+@pytest.mark.parametrize("name,bad,field", MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_dpo_refuses_a_malformed_record_in_one_line(name, bad, field, tiny_folder, tmp_path):
+    data = _write_lines(tmp_path / f"{name}.jsonl", json.dumps(GOOD), json.dumps(bad))
+    out = tmp_path / "run"
+    proc = _run_bad(["dpo", "--model", tiny_folder, "--data", data, "--output-dir", str(out), "--max-steps", "1",
+                     "--max-length", "64", "--disable-tqdm"], tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert f"{data}:2: record 1 (id b" in lines[0] or f"{data}:2: record 1 (id a" in lines[0], lines[0]
+    assert field in lines[0] and "Traceback" not in proc.stderr
+    assert not out.exists()  # nothing written: no checkpoint, no history
+
+
+def test_broken_json_line_and_missing_file(tiny_folder, tmp_path):
+    data = _write_lines(tmp_path / "broken.jsonl", json.dumps(GOOD), json.dumps(GOOD)[:20])
+    proc = _run_bad(["dpo", "--model", tiny_folder, "--data", data, "--output-dir", str(tmp_path / "run")], tmp_path)
+    assert proc.returncode == 2 and f"{data}:2: not valid JSON" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()
+    proc = _run_bad(["score", "--model", tiny_folder, "--ref-model", tiny_folder, "--data", str(tmp_path / "nope.jsonl"),
+                     "--out", str(tmp_path / "s.jsonl")], tmp_path)
+    assert proc.returncode == 2 and "nope.jsonl: no such file" in proc.stderr
+    assert not (tmp_path / "s.jsonl").exists()
+
+
+def test_sft_and_score_validate_too_and_traceback_flag(tiny_folder, tmp_path):
+    bad = {"id": "b", "prompt": "POST: x. TL;DR:", "chosen": ["not", "text"], "rejected": " y"}
+    data = _write_lines(tmp_path / "bad.jsonl", json.dumps(GOOD), json.dumps(bad))
+    sft = _run_bad(["sft", "--model", tiny_folder, "--data", data, "--output-dir", str(tmp_path / "sft")], tmp_path)
+    assert sft.returncode == 2 and "bad.jsonl:2: record 1 (id b): field 'chosen' is not a string" in sft.stderr
+    no_rejected = _write_lines(tmp_path / "sft_ok.jsonl", json.dumps({"prompt": "POST: x. TL;DR:", "chosen": " x"}))
+    ok = _run_bad(["sft", "--model", tiny_folder, "--data", no_rejected, "--max-steps", "1", "--disable-tqdm"], tmp_path)
+    assert ok.returncode == 0, ok.stderr[-2000:]  # SFT needs no 'rejected'
+    score = _run_bad(["score", "--model", tiny_folder, "--ref-model", tiny_folder, "--data", data,
+                      "--out", str(tmp_path / "s.jsonl"), "--traceback"], tmp_path)
+    assert score.returncode == 1 and "Traceback" in score.stderr and "RecordError" in score.stderr
+    assert not (tmp_path / "s.jsonl").exists()
+
+
+def test_drop_invalid_keeps_going_and_prints_the_counts(tiny_folder, tmp_path):
+    lines = [json.dumps(GOOD)] + [json.dumps({**bad, "id": f"bad{i}"}) for i, (_, bad, _) in enumerate(MALFORMED)
+                                  if "id" in bad and bad.get("id") != "a"]
+    data = _write_lines(tmp_path / "mixed.jsonl", *lines)
+    out = tmp_path / "s.jsonl"
+    proc = _run_bad(["score", "--model", tiny_folder, "--ref-model", tiny_folder, "--data", data, "--out", str(out),
+                     "--max-length", "64", "--drop-invalid", "--disable-tqdm"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "dropped 5 of 6 records (empty: 1, identical: 1, missing: 1, not_string: 1, too_long: 1)" in proc.stderr
+    assert len(_jsonl(out)) == 1
+
+
+def test_truncated_completions_are_counted(tiny_folder, tmp_path):
+    long = {**GOOD, "chosen": " he earns" + " a lot" * 40}
+    data = _write_lines(tmp_path / "long.jsonl", json.dumps(long))
+    proc = _run_bad(["score", "--model", tiny_folder, "--ref-model", tiny_folder, "--data", data,
+                     "--out", str(tmp_path / "s.jsonl"), "--max-length", "32", "--disable-tqdm"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "warning: 1 of 2 completions were truncated to max_length=32" in proc.stderr

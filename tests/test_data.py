@@ -318,6 +318,35 @@ def test_prompt_too_long(bpe_tokenizer):
         validate_records(recs[2:3], tokenizer=bpe_tokenizer, max_prompt_tokens=n_tok - 1)
 
 
+def test_prompt_must_leave_room_for_a_completion_token(bpe_tokenizer):
+    """A prompt of max_length tokens or more would be cut silently; it is refused unless prompts may be cut."""
+    rec = _good()[2]
+    n_tok = len(bpe_tokenizer(rec["prompt"], add_special_tokens=False)["input_ids"])
+    validate_records([rec], tokenizer=bpe_tokenizer, max_length=n_tok + 1)  # one completion token fits
+    with pytest.raises(RecordError, match=r"field 'prompt' has \d+ tokens and leaves no room .*max_length"):
+        validate_records([rec], tokenizer=bpe_tokenizer, max_length=n_tok)
+    validate_records([rec], tokenizer=bpe_tokenizer, max_length=n_tok, max_prompt_length=n_tok - 1)  # asked to cut
+
+
+def test_sft_fields_and_the_entry_points_validate(bpe_tokenizer):
+    sft_only = [{"prompt": "POST: a. TL;DR:", "chosen": " a"}]
+    assert validate_records(sft_only, fields=("prompt", "chosen")) is sft_only
+    with pytest.raises(RecordError, match="'rejected' is missing"):
+        validate_records(sft_only)
+    with pytest.raises(TypeError, match="list of dicts"):
+        validate_records({"prompt": "x"})
+
+    from qstar_lib.logps import pair_logps
+    from qstar_lib.train import DPOConfig, SFTConfig, train_dpo, train_sft
+
+    same = [{"prompt": "POST: a. TL;DR:", "chosen": " a", "rejected": " a"}]
+    for call in (lambda: train_dpo(None, None, bpe_tokenizer, same, DPOConfig(max_steps=1)),
+                 lambda: train_sft(None, bpe_tokenizer, [{"prompt": "", "chosen": " a"}], SFTConfig(max_steps=1)),
+                 lambda: pair_logps(None, bpe_tokenizer, same)):
+        with pytest.raises(RecordError, match="record 0"):  # before the model is touched (it is None here)
+            call()
+
+
 def test_drop_invalid_reports_counts():
     recs = _good()
     recs[1]["chosen"] = ""

@@ -115,35 +115,24 @@ def test_an_unreachable_hub_id_names_the_offline_default(no_network, monkeypatch
         load_model("qstar-tests/no-such-model", device="cpu")
 
 
-def test_pad_token_falls_back_to_eos(tiny_lm, tiny_corpus):
-    model, _ = tiny_lm
-    tok = train_tiny_tokenizer(tiny_corpus[:5], vocab_size=280)
-    tok.pad_token = None
-    ref = clone_model(model)
-    ref.config.pad_token_id = None
-    ensure_pad_token(tok, ref)
-    assert tok.pad_token == tok.eos_token and ref.config.pad_token_id == tok.eos_token_id
+def test_an_unreachable_hub_is_asked_once_not_retried(no_network, monkeypatch):
+    """Without a network the hub client retries five times (~40 s); we try one connection and stop."""
+    import socket
 
+    import transformers
 
-def test_clone_model_is_a_frozen_independent_copy(tiny_lm):
-    model, _ = tiny_lm
-    ref = clone_model(model)
-    assert not ref.training and not any(p.requires_grad for p in ref.parameters())
-    assert all(p.data_ptr() != q.data_ptr() for p, q in zip(model.parameters(), ref.parameters()))
-    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), ref.parameters()))
+    calls = []
 
+    def refuse(*args, **kwargs):
+        calls.append(args)
+        raise OSError("no network in this test")
 
-@pytest.mark.slow
-@needs_smollm2
-def test_smollm2_cached_safetensors_equal_the_gguf_load():
-    """Converts once into the real cache (about a minute the first time), then compares with the GGUF."""
-    from transformers import AutoModelForCausalLM
+    def never(*args, **kwargs):
+        raise AssertionError("the hub client was called although the hub is unreachable")
 
-    model, tok = load_model("smollm2-135m", device="cpu", dtype=torch.float32)
-    assert sum(p.numel() for p in model.parameters()) == 134_515_008
-    assert tok.pad_token is not None and not getattr(model, "is_quantized", False)
-    path = models.smollm2_gguf_path()
-    direct = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-    x = tok("SUBREDDIT: r/personalfinance TL;DR: I earn 38k", return_tensors="pt").input_ids
-    with torch.no_grad():
-        assert torch.equal(model(x).logits, direct(x).logits)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", never)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", never)
+    with pytest.raises(OSError, match="cannot be reached"):
+        load_model("qstar-tests/no-such-model", device="cpu")
+    assert len(calls) == 1
