@@ -1,4 +1,4 @@
-"""DPO step time: TRL's DPOTrainer vs ``qstar_lib.train.train_dpo``, measured side by side in one process.
+"""DPO step time: TRL's DPOTrainer vs ``qstar_lib.lm.train.train_dpo``, measured side by side in one process.
 
 Both train the same model (fresh copies of one loaded checkpoint) on the same records, in the same order
 (TRL gets them pre-ordered with a sequential sampler), with the same batch size, sequence length,
@@ -8,7 +8,7 @@ so that neither side recomputes activations. Runs alternate (TRL, ours, ours, TR
 ``--warmup`` steps of every run are not timed. A step is timed end to end, from the end of one optimizer
 step to the end of the next (batch collation, forward, backward, clipping, optimizer).
 
-It also times per-token scoring (``qstar_lib.logps.score_pairs``: policy and reference log-probs per
+It also times per-token scoring (``qstar_lib.lm.logps.score_pairs``: policy and reference log-probs per
 token, eq. 10) over ``--n-score`` pairs against two plain forward passes over the same padded batches.
 
 Usage::
@@ -34,7 +34,6 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
-
 
 # ----------------------------------------------------------------------------- memory
 
@@ -119,33 +118,67 @@ def run_trl(model, tokenizer, records, args, device: str) -> dict:
 
     with tempfile.TemporaryDirectory() as out:
         config = trl.DPOConfig(
-            output_dir=out, per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1,
-            max_steps=args.warmup + args.steps, learning_rate=args.learning_rate, lr_scheduler_type="constant",
-            warmup_steps=0, max_grad_norm=10.0, beta=0.1, max_length=args.max_length,  # optim: TRL's default (fused AdamW)
-            precompute_ref_log_probs=True, precompute_ref_batch_size=2 * args.batch_size,
-            gradient_checkpointing=False, bf16=False, use_cpu=device == "cpu", report_to="none", save_strategy="no",
-            logging_steps=1, disable_tqdm=True, train_sampling_strategy="sequential", dataloader_num_workers=0,
-            seed=args.seed, weight_decay=0.0,
+            output_dir=out,
+            per_device_train_batch_size=args.batch_size,
+            gradient_accumulation_steps=1,
+            max_steps=args.warmup + args.steps,
+            learning_rate=args.learning_rate,
+            lr_scheduler_type="constant",
+            warmup_steps=0,
+            max_grad_norm=10.0,
+            beta=0.1,
+            max_length=args.max_length,  # optim: TRL's default (fused AdamW)
+            precompute_ref_log_probs=True,
+            precompute_ref_batch_size=2 * args.batch_size,
+            gradient_checkpointing=False,
+            bf16=False,
+            use_cpu=device == "cpu",
+            report_to="none",
+            save_strategy="no",
+            logging_steps=1,
+            disable_tqdm=True,
+            train_sampling_strategy="sequential",
+            dataloader_num_workers=0,
+            seed=args.seed,
+            weight_decay=0.0,
         )
-        trainer = trl.DPOTrainer(model=model, args=config, train_dataset=Dataset.from_list(records),
-                                 processing_class=tokenizer, callbacks=[Clock()])
+        trainer = trl.DPOTrainer(
+            model=model,
+            args=config,
+            train_dataset=Dataset.from_list(records),
+            processing_class=tokenizer,
+            callbacks=[Clock()],
+        )
         with PeakMemory(device) as mem:
             trainer.train()
     logs = [row for row in trainer.state.log_history if "rewards/chosen" in row]
     totals = [row["num_tokens"] for row in logs]  # cumulative
     per_step = [b - a for a, b in zip([0.0] + totals, totals)]
     times = [b - a for a, b in zip(marks, marks[1:])]
-    return {"times": times[args.warmup:], "tokens": per_step[args.warmup:], "loss1": logs[0]["loss"],
-            "logps1": logs[0]["logps/chosen"], "peak": mem.peak_bytes, "optim": str(config.optim)}
+    return {
+        "times": times[args.warmup :],
+        "tokens": per_step[args.warmup :],
+        "loss1": logs[0]["loss"],
+        "logps1": logs[0]["logps/chosen"],
+        "peak": mem.peak_bytes,
+        "optim": str(config.optim),
+    }
 
 
 def run_ours(model, tokenizer, records, args, device: str) -> dict:
-    from qstar_lib.train import DPOConfig, train_dpo
+    from qstar_lib.lm.train import DPOConfig, train_dpo
 
     config = DPOConfig(
-        per_device_train_batch_size=args.batch_size, max_steps=args.warmup + args.steps,
-        learning_rate=args.learning_rate, max_grad_norm=10.0, beta=0.1, max_length=args.max_length, optim="adamw",
-        seed=args.seed, disable_tqdm=True, share_prompt=not args.no_share_prompt,
+        per_device_train_batch_size=args.batch_size,
+        max_steps=args.warmup + args.steps,
+        learning_rate=args.learning_rate,
+        max_grad_norm=10.0,
+        beta=0.1,
+        max_length=args.max_length,
+        optim="adamw",
+        seed=args.seed,
+        disable_tqdm=True,
+        share_prompt=not args.no_share_prompt,
     )
     marks: list[float] = []
 
@@ -160,8 +193,13 @@ def run_ours(model, tokenizer, records, args, device: str) -> dict:
     totals = history.column("num_tokens")
     per_step = [b - a for a, b in zip([0.0] + totals, totals)]
     times = [b - a for a, b in zip(marks, marks[1:])]  # steps 2..N
-    return {"times": times[args.warmup - 1:], "tokens": per_step[args.warmup:], "loss1": history[0]["loss"],
-            "logps1": history[0]["logps/chosen"], "peak": mem.peak_bytes}
+    return {
+        "times": times[args.warmup - 1 :],
+        "tokens": per_step[args.warmup :],
+        "loss1": history[0]["loss"],
+        "logps1": history[0]["logps/chosen"],
+        "peak": mem.peak_bytes,
+    }
 
 
 # ----------------------------------------------------------------------------- scoring throughput
@@ -169,8 +207,8 @@ def run_ours(model, tokenizer, records, args, device: str) -> dict:
 
 def bench_scoring(model, ref_model, tokenizer, records, args, device: str) -> dict:
     """score_pairs (two models, per-token log-probs) vs two plain forward passes, chunk by chunk, interleaved."""
-    from qstar_lib.collate import collate_pairs, encode_pairs
-    from qstar_lib.logps import score_pairs
+    from qstar_lib.lm.collate import collate_pairs, encode_pairs
+    from qstar_lib.lm.logps import score_pairs
 
     b = args.score_batch_size
     t_score = t_plain = 0.0
@@ -181,16 +219,17 @@ def bench_scoring(model, ref_model, tokenizer, records, args, device: str) -> di
         batch = {key: v.to(device) for key, v in batch.items()}
         n_tokens += int(batch["attention_mask"].sum())
 
-        def plain():
+        def plain(batch=batch):  # bound now: called in this iteration only
             with torch.inference_mode():
                 for m in (model, ref_model):
                     m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.sum().item()
 
-        def score():
-            score_pairs(model, ref_model, tokenizer, chunk, beta=0.1, batch_size=b, max_length=args.max_length,
-                        progress=False)
+        def score(chunk=chunk):
+            score_pairs(
+                model, ref_model, tokenizer, chunk, beta=0.1, batch_size=b, max_length=args.max_length, progress=False
+            )
 
-        for name, fn in ((("plain", plain), ("score", score)) if k % 2 == 0 else (("score", score), ("plain", plain))):
+        for name, fn in (("plain", plain), ("score", score)) if k % 2 == 0 else (("score", score), ("plain", plain)):
             _sync(device)
             t0 = time.perf_counter()
             fn()
@@ -209,13 +248,23 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny", help="tiny | smollm2-135m | a folder (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per run (default: %(default)s)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps at the start of each run (default: %(default)s)")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating TRL/ours runs of each (default: %(default)s)")
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="untimed steps at the start of each run (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="alternating TRL/ours runs of each (default: %(default)s)"
+    )
     parser.add_argument("--batch-size", type=int, default=4, help="preference pairs per step (default: %(default)s)")
-    parser.add_argument("--max-length", type=int, default=512, help="max tokens of prompt + completion (default: %(default)s)")
+    parser.add_argument(
+        "--max-length", type=int, default=512, help="max tokens of prompt + completion (default: %(default)s)"
+    )
     parser.add_argument("--learning-rate", type=float, default=1e-6, help="(default: %(default)s)")
-    parser.add_argument("--n-score", type=int, default=500, help="pairs for the scoring benchmark; 0 skips it (default: %(default)s)")
-    parser.add_argument("--score-batch-size", type=int, default=8, help="pairs per scoring batch (default: %(default)s)")
+    parser.add_argument(
+        "--n-score", type=int, default=500, help="pairs for the scoring benchmark; 0 skips it (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--score-batch-size", type=int, default=8, help="pairs per scoring batch (default: %(default)s)"
+    )
     parser.add_argument("--no-share-prompt", action="store_true", help="ours on the plain [chosen; rejected] batch")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -223,8 +272,8 @@ def main(argv=None) -> int:
         parser.error("--warmup must be >= 1 (the first step includes one-off costs)")
 
     from qstar_lib.data import synthetic_tldr
-    from qstar_lib.models import load_model
-    from qstar_lib.train import _epoch_order
+    from qstar_lib.lm.models import load_model
+    from qstar_lib.lm.train import _epoch_order
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     base, tokenizer = load_model(args.model, dtype=torch.float32, device=device)
@@ -232,18 +281,23 @@ def main(argv=None) -> int:
     records = synthetic_tldr(n, seed=args.seed, split="train")
     order = _epoch_order(n, args.seed, 0).tolist()  # our data order; TRL reads the records in it sequentially
     trl_records = [{k: records[i][k] for k in ("prompt", "chosen", "rejected")} for i in order]
-    print(f"model={args.model} device={device} threads={torch.get_num_threads()} params={sum(p.numel() for p in base.parameters())/1e6:.1f}M "
-          f"batch={args.batch_size} pairs max_length={args.max_length} steps={args.steps} (+{args.warmup} warm-up) x {args.rounds} rounds")
+    print(
+        f"model={args.model} device={device} threads={torch.get_num_threads()} params={sum(p.numel() for p in base.parameters()) / 1e6:.1f}M "
+        f"batch={args.batch_size} pairs max_length={args.max_length} steps={args.steps} (+{args.warmup} warm-up) x {args.rounds} rounds"
+    )
 
     results = {"trl": [], "ours": []}
     for r in range(args.rounds):
-        for name in (("trl", "ours") if r % 2 == 0 else ("ours", "trl")):
+        for name in ("trl", "ours") if r % 2 == 0 else ("ours", "trl"):
             model = copy.deepcopy(base).train()
             fn = run_trl if name == "trl" else run_ours
             res = fn(model, tokenizer, trl_records if name == "trl" else records, args, device)
             results[name].append(res)
-            print(f"  round {r} {name:4s}: {statistics.mean(res['times']):.3f} s/step  step-1 loss {res['loss1']:.6f}"
-                  + (f"  (TRL optim={res['optim']})" if "optim" in res else ""), flush=True)
+            print(
+                f"  round {r} {name:4s}: {statistics.mean(res['times']):.3f} s/step  step-1 loss {res['loss1']:.6f}"
+                + (f"  (TRL optim={res['optim']})" if "optim" in res else ""),
+                flush=True,
+            )
             del model
             gc.collect()
 
@@ -252,16 +306,25 @@ def main(argv=None) -> int:
         times = [t for run in runs for t in run["times"]]
         tokens = [t for run in runs for t in run["tokens"]]
         summary[name] = {
-            "s_per_step": sum(times) / len(times), "tok_s": sum(tokens) / sum(times),
-            "median_s": statistics.median(times), "peak_mib": max(run["peak"] for run in runs) / 2**20,
-            "loss1": runs[0]["loss1"], "logps1": runs[0]["logps1"],
+            "s_per_step": sum(times) / len(times),
+            "tok_s": sum(tokens) / sum(times),
+            "median_s": statistics.median(times),
+            "peak_mib": max(run["peak"] for run in runs) / 2**20,
+            "loss1": runs[0]["loss1"],
+            "logps1": runs[0]["logps1"],
         }
-    print(f"{'':6s} {'s/step':>8s} {'median':>8s} {'tokens/s':>9s} {'peak MiB':>9s} {'step-1 loss':>12s} {'logps/chosen@1':>15s}")
+    print(
+        f"{'':6s} {'s/step':>8s} {'median':>8s} {'tokens/s':>9s} {'peak MiB':>9s} {'step-1 loss':>12s} {'logps/chosen@1':>15s}"
+    )
     for name, s in summary.items():
-        print(f"{name:6s} {s['s_per_step']:8.3f} {s['median_s']:8.3f} {s['tok_s']:9.1f} {s['peak_mib']:9.1f} "
-              f"{s['loss1']:12.6f} {s['logps1']:15.4f}")
+        print(
+            f"{name:6s} {s['s_per_step']:8.3f} {s['median_s']:8.3f} {s['tok_s']:9.1f} {s['peak_mib']:9.1f} "
+            f"{s['loss1']:12.6f} {s['logps1']:15.4f}"
+        )
     loss_gap = abs(summary["trl"]["loss1"] - summary["ours"]["loss1"])
-    print(f"step-1 loss |TRL - ours| = {loss_gap:.2e} (ln 2 = {math.log(2):.6f}); equal within 1e-4: {loss_gap <= 1e-4}")
+    print(
+        f"step-1 loss |TRL - ours| = {loss_gap:.2e} (ln 2 = {math.log(2):.6f}); equal within 1e-4: {loss_gap <= 1e-4}"
+    )
 
     if args.n_score > 0:
         ref = copy.deepcopy(base).eval()
@@ -269,8 +332,10 @@ def main(argv=None) -> int:
         score_records = synthetic_tldr(args.n_score, seed=args.seed + 1, split="train")
         s = bench_scoring(policy, ref, tokenizer, score_records, args, device)
         frac = s["t_plain"] / s["t_score"]
-        print(f"scoring {s['pairs']} pairs: score_pairs {s['t_score']:.1f} s, two plain forwards {s['t_plain']:.1f} s, "
-              f"{s['tokens'] / s['t_score']:.0f} tokens/s per model; throughput fraction of two plain forwards = {frac:.3f}")
+        print(
+            f"scoring {s['pairs']} pairs: score_pairs {s['t_score']:.1f} s, two plain forwards {s['t_plain']:.1f} s, "
+            f"{s['tokens'] / s['t_score']:.0f} tokens/s per model; throughput fraction of two plain forwards = {frac:.3f}"
+        )
         print(f"scoring_throughput_fraction={frac:.3f}")
 
     speedup = summary["trl"]["s_per_step"] / summary["ours"]["s_per_step"]

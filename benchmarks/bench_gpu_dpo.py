@@ -3,10 +3,10 @@
     python benchmarks/bench_gpu_dpo.py                          # Pythia-2.8B shape, bf16, on the GPU
     python benchmarks/bench_gpu_dpo.py --shape pythia-70m --dtype float32 --batch-size 1 --steps 2   # CPU smoke run
 
-A step is what ``qstar_lib.train.train_dpo`` does once the reference log-probs are cached: the shared-prompt
+A step is what ``qstar_lib.lm.train.train_dpo`` does once the reference log-probs are cached: the shared-prompt
 forward, the sigmoid DPO loss, backward, clipping at 10 and the paper's RMSprop (see
-``qstar_lib.throughput.benchmark_dpo_step``). Pairs are TL;DR-shaped at the paper's 512-token limit: a
-400-token prompt and two 56-token summaries. MFU counts model FLOPs (``qstar_lib.throughput.step_flops``)
+``qstar_lib.lm.throughput.benchmark_dpo_step``). Pairs are TL;DR-shaped at the paper's 512-token limit: a
+400-token prompt and two 56-token summaries. MFU counts model FLOPs (``qstar_lib.lm.throughput.step_flops``)
 against the card's dense bf16 peak; on a CPU it is printed against the measured matmul rate instead.
 The last line is ``mfu=<value>`` (or ``matmul_fraction=<value>`` without a known GPU peak).
 """
@@ -23,12 +23,14 @@ import torch
 def main(argv=None) -> int:
     from transformers import AutoModelForCausalLM
 
-    from qstar_lib.throughput import PYTHIA_SHAPES, benchmark_dpo_step, measured_matmul_flops, pythia_config
+    from qstar_lib.lm.throughput import PYTHIA_SHAPES, benchmark_dpo_step, measured_matmul_flops, pythia_config
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="pythia-2.8b", choices=sorted(PYTHIA_SHAPES))
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"), help="weights and compute")
-    parser.add_argument("--batch-size", type=int, nargs="+", default=[4, 8, 16], help="pairs per step (several: a sweep)")
+    parser.add_argument(
+        "--batch-size", type=int, nargs="+", default=[4, 8, 16], help="pairs per step (several: a sweep)"
+    )
     parser.add_argument("--prompt-tokens", type=int, default=400)
     parser.add_argument("--completion-tokens", type=int, default=56)
     parser.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
@@ -47,9 +49,15 @@ def main(argv=None) -> int:
     results = []
     for b in args.batch_size:
         try:
-            r = benchmark_dpo_step(model, batch_size=b, prompt_tokens=args.prompt_tokens,
-                                   completion_tokens=args.completion_tokens, steps=args.steps, warmup=args.warmup,
-                                   optim=args.optim)
+            r = benchmark_dpo_step(
+                model,
+                batch_size=b,
+                prompt_tokens=args.prompt_tokens,
+                completion_tokens=args.completion_tokens,
+                steps=args.steps,
+                warmup=args.warmup,
+                optim=args.optim,
+            )
         except torch.OutOfMemoryError:
             print(f"batch {b}: out of memory")
             torch.cuda.empty_cache()
@@ -57,9 +65,11 @@ def main(argv=None) -> int:
         results.append(r)
         mem = f"{r['peak_memory_bytes'] / 2**30:.1f} GiB" if r["peak_memory_bytes"] else "n/a"
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
-        print(f"batch {b:3d} pairs: {r['seconds_per_step']:.3f} s/step, {r['tokens_per_s']:,.0f} tokens/s "
-              f"({r['trl_tokens_per_s']:,.0f} counting the prompt twice), {r['achieved_flops'] / 1e12:.1f} TFLOP/s, "
-              f"MFU {mfu}, peak memory {mem}, step-1 loss {r['loss1']:.6f}")
+        print(
+            f"batch {b:3d} pairs: {r['seconds_per_step']:.3f} s/step, {r['tokens_per_s']:,.0f} tokens/s "
+            f"({r['trl_tokens_per_s']:,.0f} counting the prompt twice), {r['achieved_flops'] / 1e12:.1f} TFLOP/s, "
+            f"MFU {mfu}, peak memory {mem}, step-1 loss {r['loss1']:.6f}"
+        )
     if not results:
         return 1
     best = max(results, key=lambda r: r["achieved_flops"])

@@ -144,13 +144,13 @@ def _config(args: argparse.Namespace, config_cls):
 def _load(name: str):
     import torch
 
-    from qstar_lib.models import load_model
+    from qstar_lib.lm.models import load_model
 
     return load_model(name, dtype=torch.float32, device="cpu")  # accelerate moves it to the device
 
 
 def _tokenizer(name: str):
-    from qstar_lib.models import load_tokenizer
+    from qstar_lib.lm.models import load_tokenizer
 
     return load_tokenizer(name)
 
@@ -159,7 +159,7 @@ def _resume_path(args) -> str | None:
     if args.resume_from is None:
         return None
     if args.resume_from == "latest":
-        from qstar_lib.checkpoint import latest_checkpoint
+        from qstar_lib.lm.checkpoint import latest_checkpoint
 
         if not args.output_dir:
             raise InputError("--resume-from latest needs --output-dir")
@@ -198,7 +198,7 @@ def cmd_make_data(args) -> int:
 
 
 def cmd_sft(args) -> int:
-    from qstar_lib.train import SFTConfig, train_sft
+    from qstar_lib.lm.train import SFTConfig, train_sft
 
     config = _config(args, SFTConfig)
     records = _checked_records(args, _tokenizer(args.model), fields=("prompt", config.completion_field),
@@ -210,7 +210,7 @@ def cmd_sft(args) -> int:
 
 
 def cmd_dpo(args) -> int:
-    from qstar_lib.train import DPOConfig, train_dpo
+    from qstar_lib.lm.train import DPOConfig, train_dpo
 
     config = _config(args, DPOConfig)
     records = _checked_records(args, _tokenizer(args.model), max_length=config.max_length,
@@ -226,7 +226,7 @@ def cmd_dpo(args) -> int:
 
 
 def cmd_score(args) -> int:
-    from qstar_lib.logps import score_pairs
+    from qstar_lib.lm.logps import score_pairs
 
     records = _checked_records(args, _tokenizer(args.model), max_length=args.max_length,
                                max_prompt_length=args.max_prompt_length)
@@ -252,7 +252,7 @@ def cmd_score(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from qstar_lib.train import DPOConfig, SFTConfig
+    from qstar_lib.lm.train import DPOConfig, SFTConfig
 
     parser = argparse.ArgumentParser(
         prog="python -m qstar_lib", description=__doc__, formatter_class=_Formatter,

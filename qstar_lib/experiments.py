@@ -13,7 +13,7 @@ This module trains them once per scale and hands them out:
 Cache layout: ``scale.cache_dir()/experiments/<stage>-<hash>/`` with ``stage`` in ``sft``, ``dpo_sft``,
 ``dpo_base`` and ``hash`` a digest of the preset's fields and :data:`PIPELINE_VERSION` (bump it when the
 training code changes what a run produces). A stage folder holds the ``checkpoint-{step}/`` folders of
-:mod:`qstar_lib.train` (Hugging Face format, safetensors), ``history.json``, ``run.json`` (wall-clock time,
+:mod:`qstar_lib.lm.train` (Hugging Face format, safetensors), ``history.json``, ``run.json`` (wall-clock time,
 sizes) and, written last, ``done``. A folder without ``done`` is an interrupted run: it is deleted and
 trained again, never half-used. A file lock per stage lets two notebooks build at once without colliding.
 
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qstar_lib import __version__, scale
-from qstar_lib.models import file_lock
+from qstar_lib.lm.models import file_lock
 
 #: Bump when the pipeline (or the training code it calls) changes what a cached run contains.
 PIPELINE_VERSION = 1
@@ -52,7 +52,7 @@ TRAIN_COUNTS: Counter = Counter()
 class ExperimentPreset:
     """Every size of one pipeline run (SFT -> DPO from SFT, and DPO from the base model)."""
 
-    model_name: str  # a qstar_lib.models.load_model name: "tiny", "smollm2-135m", a folder or hub id
+    model_name: str  # a qstar_lib.lm.models.load_model name: "tiny", "smollm2-135m", a folder or hub id
     n_train_pairs: int  # synthetic_tldr(split="train"): SFT on their chosen side, DPO on the pairs
     n_eval_pairs: int  # synthetic_tldr(split="test"): held out from every training run
     sft_steps: int
@@ -143,8 +143,8 @@ def _mixed_precision() -> str:
 
 
 def sft_config(p: ExperimentPreset | None = None, output_dir: str | None = None):
-    """The :class:`qstar_lib.train.SFTConfig` of the preset (AdamW, constant lr, clip 10)."""
-    from qstar_lib.train import SFTConfig
+    """The :class:`qstar_lib.lm.train.SFTConfig` of the preset (AdamW, constant lr, clip 10)."""
+    from qstar_lib.lm.train import SFTConfig
 
     p = _p(p)
     return SFTConfig(
@@ -155,8 +155,8 @@ def sft_config(p: ExperimentPreset | None = None, output_dir: str | None = None)
 
 
 def dpo_config(p: ExperimentPreset | None = None, output_dir: str | None = None):
-    """The :class:`qstar_lib.train.DPOConfig` of the preset (AdamW, constant lr, clip 10, beta)."""
-    from qstar_lib.train import DPOConfig
+    """The :class:`qstar_lib.lm.train.DPOConfig` of the preset (AdamW, constant lr, clip 10, beta)."""
+    from qstar_lib.lm.train import DPOConfig
 
     p = _p(p)
     return DPOConfig(
@@ -192,7 +192,7 @@ def _steps(folder: Path) -> list[int]:
 
 def _prune_training_state(folder: Path) -> None:
     """Drop optimizer moments from all checkpoints but the last: only the weights are needed later."""
-    from qstar_lib.checkpoint import STATE_TENSORS
+    from qstar_lib.lm.checkpoint import STATE_TENSORS
 
     steps = _steps(folder)
     for step in steps[:-1]:
@@ -239,7 +239,7 @@ def _ensure(stage: str, p: ExperimentPreset) -> Path:
 def _train(stage: str, p: ExperimentPreset, folder: Path):
     import torch
 
-    from qstar_lib.train import train_dpo, train_sft
+    from qstar_lib.lm.train import train_dpo, train_sft
 
     scale.seed_everything(p.seed)
     records = train_records(p)
@@ -261,13 +261,13 @@ def _final(folder: Path) -> Path:
 
 
 def _load_base(p: ExperimentPreset, dtype=None):
-    from qstar_lib.models import load_model
+    from qstar_lib.lm.models import load_model
 
     return load_model(p.model_name, dtype=dtype)
 
 
 def _load_folder(path: Path, dtype=None):
-    from qstar_lib.models import load_model
+    from qstar_lib.lm.models import load_model
 
     return load_model(str(path), dtype=dtype)
 
@@ -325,7 +325,7 @@ def history(stage: str, p: ExperimentPreset | None = None):
     DPO columns are TRL's keys (``loss``, ``rewards/chosen``, ``rewards/rejected``, ``rewards/margins``,
     ``rewards/accuracies``, ``logps/chosen``, ``logps/rejected``, ``grad_norm``, ``learning_rate``...).
     """
-    from qstar_lib.train import History
+    from qstar_lib.lm.train import History
 
     folder = _ensure(stage, _p(p))
     return History(json.loads((folder / HISTORY).read_text())).to_dataframe()
@@ -359,7 +359,7 @@ def eq16_per_state(policy, reference, tokenizer, records, beta: float, max_lengt
     """
     import torch
 
-    from qstar_lib.collate import encode_sft
+    from qstar_lib.lm.collate import encode_sft
 
     Categorical = torch.distributions.Categorical
     out = []

@@ -85,7 +85,11 @@ def main(argv: list[str] | None = None) -> int:
             if not args.check:
                 Path(path).write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     if args.check and stale:
-        print("notebooks without the current Colab install cell (run scripts/notebook_cells.py):\n  " + "\n  ".join(stale), file=sys.stderr)
+        print(
+            "notebooks without the current Colab install cell (run scripts/notebook_cells.py):\n  "
+            + "\n  ".join(stale),
+            file=sys.stderr,
+        )
         return 1
     for path in stale:
         print(f"updated {path}")

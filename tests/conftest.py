@@ -6,10 +6,10 @@ Fixtures (all cheap; none touches the network or the user's cache):
     the short texts the test tokenizer is trained on (a list of str).
 ``tiny_tokenizer`` (session)
     a byte-level BPE ``PreTrainedTokenizerFast`` (vocab 320) trained on :data:`TINY_CORPUS`, with
-    ``<|endoftext|>`` as BOS/EOS and ``<|pad|>`` as pad (the recipe of ``qstar_lib.models`` "tiny").
+    ``<|endoftext|>`` as BOS/EOS and ``<|pad|>`` as pad (the recipe of ``qstar_lib.lm.models`` "tiny").
 ``tiny_lm`` (session)
     ``(model, tokenizer)``: a seeded 2-layer, 64-wide ``LlamaForCausalLM`` in float32 eval mode on that
-    tokenizer. Treat it as read-only (use ``qstar_lib.models.clone_model`` to get a copy to modify).
+    tokenizer. Treat it as read-only (use ``qstar_lib.lm.models.clone_model`` to get a copy to modify).
 ``pair_records`` (function)
     four preference records ``{"prompt", "chosen", "rejected"}`` of different lengths.
 ``isolated_cache`` (function)
@@ -44,7 +44,7 @@ def tiny_corpus():
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     """A byte-level BPE tokenizer with a 320-token vocabulary; EOS ``<|endoftext|>``, pad ``<|pad|>``."""
-    from qstar_lib.models import train_tiny_tokenizer
+    from qstar_lib.lm.models import train_tiny_tokenizer
 
     return train_tiny_tokenizer(TINY_CORPUS, vocab_size=320)
 

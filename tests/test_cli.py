@@ -65,7 +65,7 @@ def test_help_lists_every_subcommand_with_defaults(capsys):
 
 def test_paper_flag_and_overrides():
     from qstar_lib.__main__ import _config
-    from qstar_lib.train import DPOConfig
+    from qstar_lib.lm.train import DPOConfig
 
     args = build_parser().parse_args(["dpo", "--model", "m", "--data", "d", "--paper", "--max-steps", "7"])
     config = _config(args, DPOConfig)

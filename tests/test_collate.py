@@ -1,11 +1,11 @@
-"""qstar_lib.collate: the prompt + completion + EOS contract, truncation, padding and pair batches."""
+"""qstar_lib.lm.collate: the prompt + completion + EOS contract, truncation, padding and pair batches."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from qstar_lib.collate import collate_pairs, encode_completion, encode_pairs, encode_sft, pad_batch
+from qstar_lib.lm.collate import collate_pairs, encode_completion, encode_pairs, encode_sft, pad_batch
 
 
 def ids(tok, text):

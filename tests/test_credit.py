@@ -1,4 +1,4 @@
-"""qstar_lib.credit: AUROC against the pairwise definition, hand-made localisation/stitching cases, the
+"""qstar_lib.eval.credit: AUROC against the pairwise definition, hand-made localisation/stitching cases, the
 bootstrap, the table's shape, and an end-to-end run on the tiny model (policy == reference -> exactly chance)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qstar_lib.credit import (
+from qstar_lib.eval.credit import (
     DEFAULT_METHODS,
     MIN_BINS,
     TABLE_KINDS,
@@ -220,7 +220,7 @@ def test_baselines_have_the_shape_of_the_rewards():
 
 
 def test_surprisal_from_a_model_equals_surprisal_from_its_logps(tiny_lm, pair_records):
-    from qstar_lib.logps import pair_logps
+    from qstar_lib.lm.logps import pair_logps
 
     model, tok = tiny_lm
     rows = pair_logps(model, tok, pair_records, progress=False)
@@ -250,7 +250,7 @@ def test_bootstrap_ci_contains_the_point_estimate_and_is_reproducible():
 
 
 def test_fast_table_bootstrap_equals_the_generic_bootstrap():
-    from qstar_lib.credit import _fast_bootstrap, _pairs
+    from qstar_lib.eval.credit import _fast_bootstrap, _pairs
 
     rng = np.random.default_rng(5)
     labels = [rng.integers(0, 2, n) | np.eye(n, dtype=int)[1] for n in rng.integers(4, 15, 25)]
@@ -317,8 +317,8 @@ def test_credit_table_checks_lengths(table_records, tiny_tokenizer):
 # ------------------------------------------------------------------------------------ end to end, tiny model
 @pytest.fixture(scope="module")
 def tiny_scored():
-    from qstar_lib.logps import pair_logps, score_pairs
-    from qstar_lib.models import clone_model, load_model
+    from qstar_lib.lm.logps import pair_logps, score_pairs
+    from qstar_lib.lm.models import clone_model, load_model
 
     model, tok = load_model("tiny")
     kinds = ["absent_value", "inserted_claim", "in_post_swap", "two_errors"]

@@ -28,7 +28,7 @@ from qstar_lib.data import (
     validate_records,
     write_jsonl,
 )
-from qstar_lib.data_synthetic import CLAIM_KEYS, TYPES, text_key
+from qstar_lib.data.synthetic import CLAIM_KEYS, TYPES, text_key
 
 N = 600  # records per check: 10 families x 6 kinds, every combination many times
 
@@ -95,7 +95,7 @@ def test_families_and_same_type_values(train):
         types = collections.Counter(s.type for s in fam.slots.values())
         assert max(types.values()) >= 2, f"{fam.name}: no two values of one type"
         assert len(fam.posts) >= 3 and len(fam.summaries) >= 3 and len(fam.claims) >= 5
-    from qstar_lib import data_synthetic as ds
+    from qstar_lib.data import synthetic as ds
 
     for pool in (ds.FEMALE_NAMES, ds.MALE_NAMES, ds.PET_NAMES, ds.US_CITIES, ds.WORLD_CITIES, ds.CARS, ds.CAMERAS,
                  ds.SCHOOLS, ds.ROLES):
@@ -336,8 +336,8 @@ def test_sft_fields_and_the_entry_points_validate(bpe_tokenizer):
     with pytest.raises(TypeError, match="list of dicts"):
         validate_records({"prompt": "x"})
 
-    from qstar_lib.logps import pair_logps
-    from qstar_lib.train import DPOConfig, SFTConfig, train_dpo, train_sft
+    from qstar_lib.lm.logps import pair_logps
+    from qstar_lib.lm.train import DPOConfig, SFTConfig, train_dpo, train_sft
 
     same = [{"prompt": "POST: a. TL;DR:", "chosen": " a", "rejected": " a"}]
     for call in (lambda: train_dpo(None, None, bpe_tokenizer, same, DPOConfig(max_steps=1)),

@@ -114,8 +114,8 @@ def test_eval_records_are_held_out(p):
 
 
 def test_eq16_per_state_matches_kl_and_score_pairs(tiny_lm, pair_records):
-    from qstar_lib.logps import score_pairs
-    from qstar_lib.models import clone_model
+    from qstar_lib.lm.logps import score_pairs
+    from qstar_lib.lm.models import clone_model
 
     reference, tokenizer = tiny_lm
     policy = clone_model(reference)

@@ -1,4 +1,4 @@
-"""qstar_lib.heatmap: token display, HTML escaping and spaces, colours, the matplotlib figure (80 tokens),
+"""qstar_lib.eval.heatmap: token display, HTML escaping and spaces, colours, the matplotlib figure (80 tokens),
 and the ipywidgets explorer built without a kernel."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 from qstar_lib.data import fig1_example, token_labels  # noqa: E402
-from qstar_lib.heatmap import (  # noqa: E402
+from qstar_lib.eval.heatmap import (  # noqa: E402
     HeatmapHTML,
     display_token,
     pair_explorer,

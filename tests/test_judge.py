@@ -1,4 +1,4 @@
-"""Tests of the gold judge (qstar_lib.judge), whose definition is book/gold_judge.md."""
+"""Tests of the gold judge (qstar_lib.eval.judge), whose definition is book/gold_judge.md."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import collections
 import pytest
 
 from qstar_lib.data import fig1_example, synthetic_tldr
-from qstar_lib.data_synthetic import PAIR_KINDS
-from qstar_lib.judge import WORD_BUDGET, JudgeScore, compare, score_summary, win_rate
+from qstar_lib.data.synthetic import PAIR_KINDS
+from qstar_lib.eval.judge import WORD_BUDGET, JudgeScore, compare, score_summary, win_rate
 
 N_PER_KIND = 120  # x 6 kinds, across all 10 families
 

@@ -9,9 +9,9 @@ import urllib.request
 import pytest
 
 from qstar_lib.data import synthetic_tldr
-from qstar_lib.judge import compare
-from qstar_lib.judge_server import GoldJudgeServer, parse_judge_prompt
-from qstar_lib.llm_judge import LLMJudge, build_prompt
+from qstar_lib.eval.judge import compare
+from qstar_lib.eval.judge_server import GoldJudgeServer, parse_judge_prompt
+from qstar_lib.eval.llm_judge import LLMJudge, build_prompt
 
 
 @pytest.fixture(scope="module")

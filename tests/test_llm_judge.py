@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from qstar_lib import scale
-from qstar_lib.llm_judge import (
+from qstar_lib.eval.llm_judge import (
     JUDGE_PROMPT,
     JudgeHTTPError,
     LLMJudge,

@@ -1,4 +1,4 @@
-"""qstar_lib.logps against naive references: log-softmax gather, per-token log-probs, sums and rewards."""
+"""qstar_lib.lm.logps against naive references: log-softmax gather, per-token log-probs, sums and rewards."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from qstar_lib.collate import collate_pairs, encode_pairs, pad_batch
+from qstar_lib.lm.collate import collate_pairs, encode_pairs, pad_batch
 from qstar_lib.dpo import dpo_loss
-from qstar_lib.logps import (
+from qstar_lib.lm.logps import (
     logits_as_soft_q,
     pair_logps,
     per_token_logps,
@@ -18,7 +18,7 @@ from qstar_lib.logps import (
     selective_log_softmax,
     sequence_logps,
 )
-from qstar_lib.models import clone_model
+from qstar_lib.lm.models import clone_model
 
 
 def naive_selective(logits, index):

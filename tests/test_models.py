@@ -1,4 +1,4 @@
-"""qstar_lib.models: hash pinning, atomic caches, the tiny ci model, pad tokens and the offline hub error."""
+"""qstar_lib.lm.models: hash pinning, atomic caches, the tiny ci model, pad tokens and the offline hub error."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import importlib.util
 import pytest
 import torch
 
-from qstar_lib import models
-from qstar_lib.models import (
+from qstar_lib.lm import models
+from qstar_lib.lm.models import (
     SMOLLM2_GGUF_SHA256,
     build_tiny_model,
     cached_folder,

@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, LogitsProcessorList
 
-from qstar_lib.proxy import ProxyTuningLogitsProcessor, implicit_advantage, proxy_distribution, proxy_logits
+from qstar_lib.lm.proxy import ProxyTuningLogitsProcessor, implicit_advantage, proxy_distribution, proxy_logits
 
 VOCAB = 64
 PAD, EOS = 0, 1
@@ -232,8 +232,8 @@ def test_processor_is_reusable_and_works_with_beams(models):
 
 def test_steered_summaries_batch_like_one_prompt_at_a_time(tiny_lm, random_lm):
     """Left-padded batches steer each prompt exactly as it is steered alone, and match a hand-made generate."""
-    from qstar_lib.search import generate_summaries, first_paragraph
-    from qstar_lib.proxy import steered_summaries
+    from qstar_lib.lm.decoding import generate_summaries, first_paragraph
+    from qstar_lib.lm.proxy import steered_summaries
 
     base, tok = tiny_lm
     proxy, ref = (random_lm(tok, seed) for seed in (11, 12))

@@ -12,25 +12,11 @@ import pytest
 import torch
 
 from qstar_lib.data import synthetic_tldr
-from qstar_lib.judge import compare
-from qstar_lib.search import (
-    SWEEP_COLUMNS,
-    _beam_search,
-    _last_logits,
-    _prompt_ids,
-    beam_sweep,
-    best_of_n,
-    best_of_n_comparison,
-    bootstrap_ci,
-    compare_with_generate,
-    first_paragraph,
-    generate_summaries,
-    implicit_rewards,
-    likelihood_beam_search,
-    plot_beam_sweep,
-    summary_stats,
-    value_guided_beam_search,
-)
+from qstar_lib.eval.judge import compare
+from qstar_lib.eval.sweep import SWEEP_COLUMNS, beam_sweep, best_of_n, best_of_n_comparison, implicit_rewards, plot_beam_sweep, summary_stats
+from qstar_lib.lm.decoding import _prompt_ids, first_paragraph, generate_summaries
+from qstar_lib.lm.value_search import _beam_search, _last_logits, compare_with_generate, likelihood_beam_search, value_guided_beam_search
+from qstar_lib.stats import bootstrap_ci
 
 PROMPTS = [
     "POST: He earns 38k. TL;DR:",

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import sympy as sp
 
-from qstar_lib import symbolic as S
+from qstar_lib.theory import symbolic as S
 
 HORIZONS = range(1, 7)
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPTNeoXConfig
 
-from qstar_lib.collate import collate_shared_prompt
-from qstar_lib.throughput import (
+from qstar_lib.lm.collate import collate_shared_prompt
+from qstar_lib.lm.throughput import (
     PYTHIA_SHAPES,
     benchmark_dpo_step,
     block_matmul_params,
@@ -108,7 +108,7 @@ def test_peak_flops_is_none_on_cpu():
 
 
 def test_training_state_bytes():
-    from qstar_lib.throughput import training_state_bytes
+    from qstar_lib.lm.throughput import training_state_bytes
 
     assert training_state_bytes(2_775_208_960, "rmsprop") / 2**30 == pytest.approx(31.0, abs=0.1)
     assert training_state_bytes(1000, "adamw", n_shards=4) == 4000

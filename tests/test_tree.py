@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from qstar_lib.tree import (
+from qstar_lib.theory.tree import (
     TreeMDP,
     bradley_terry,
     enumerate_trajectories,
@@ -192,7 +192,7 @@ def test_plots_draw_without_error():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from qstar_lib.tree_plot import node_positions, plot_advantage_recovery, plot_tree
+    from qstar_lib.theory.tree_plot import node_positions, plot_advantage_recovery, plot_tree
 
     xs = node_positions(2, 3)
     assert xs[0].tolist() == [4.0] and xs[1].tolist() == [1.0, 4.0, 7.0] and xs[2].tolist() == list(range(9))

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from qstar_lib.tree import log_ratio, optimal_advantage, random_tree, solve
-from qstar_lib.tree_dpo import (
+from qstar_lib.theory.tree import log_ratio, optimal_advantage, random_tree, solve
+from qstar_lib.theory.tree_dpo import (
     PreferencePairs,
     advantage_agreement,
     dpo_credit_assignment,

@@ -5,8 +5,8 @@ import itertools
 import numpy as np
 import pytest
 
-from qstar_lib.tree import random_tree, solve, with_trap
-from qstar_lib.tree_search import (
+from qstar_lib.theory.tree import random_tree, solve, with_trap
+from qstar_lib.theory.tree_search import (
     beam_search,
     exhaustive_search,
     first_stable_hit,

@@ -4,7 +4,7 @@ It knows nothing about optimisers or training loops: it runs a causal LM forward
 
 Alignment convention used everywhere: a (B, T) tensor of per-token values is aligned with ``input_ids``;
 entry t is ``log p(input_ids[t] | input_ids[:t])`` where ``completion_mask[t] == 1`` and 0 elsewhere. Entry 0
-is always 0 (the first token has no context), which is why :mod:`qstar_lib.collate` requires a non-empty
+is always 0 (the first token has no context), which is why :mod:`qstar_lib.lm.collate` requires a non-empty
 prompt.
 """
 
@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from qstar_lib.collate import collate_pairs, collate_shared_prompt, encode_pairs, pad_token_id
+from qstar_lib.lm.collate import collate_pairs, collate_shared_prompt, encode_pairs, pad_token_id
 from qstar_lib.data import validate_records
 
 
@@ -151,7 +151,7 @@ def model_device(model) -> torch.device:
 
 
 def supports_shared_prompt(model) -> bool:
-    """Whether ``model`` can run a :func:`qstar_lib.collate.collate_shared_prompt` batch.
+    """Whether ``model`` can run a :func:`qstar_lib.lm.collate.collate_shared_prompt` batch.
 
     The block-causal mask is a custom 4D mask: sdpa and eager attention take one, flash-attention does not
     (those models fall back to the ``[chosen; rejected]`` batch).
@@ -163,7 +163,7 @@ def supports_shared_prompt(model) -> bool:
 def shared_prompt_per_token_logps(model, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token completion log-probs from a shared-prompt batch: (B, Tc) chosen and (B, Tr) rejected.
 
-    ``batch`` comes from :func:`qstar_lib.collate.collate_shared_prompt` (one row ``[prompt | chosen |
+    ``batch`` comes from :func:`qstar_lib.lm.collate.collate_shared_prompt` (one row ``[prompt | chosen |
     rejected]`` per pair). Entry j of a side is log p(token j | prompt, earlier tokens of that side),
     0 where ``{side}_mask`` is 0: the same numbers as :func:`per_token_logps` on the ``[chosen; rejected]``
     batch, for the prompt's tokens run once. Only the columns from the first one that predicts a completion
@@ -223,7 +223,7 @@ def pair_logps(
 
     Pairs go through the model in batches of similar length, and (``share_prompt``, when the model's
     attention takes a custom mask) with their prompt encoded once for both completions
-    (:func:`qstar_lib.collate.collate_shared_prompt`); the values do not depend on either choice (tested to
+    (:func:`qstar_lib.lm.collate.collate_shared_prompt`); the values do not depend on either choice (tested to
     1e-5), only the time does. Compute this once for the reference model and pass it as ``ref_scores`` to
     :func:`score_pairs` to score several policies against the same reference.
     """

@@ -12,7 +12,7 @@ It knows nothing about where the data comes from or what the model is: it takes 
   log-probs as the ``[chosen; rejected]`` batch, with the prompt run once); ``share_prompt=False`` uses the
   ``[chosen; rejected]`` batch of the DPO reference code.
 - Both return a :class:`History` (a list of metric dicts with TRL's keys, one per logged step) and save
-  checkpoints through :mod:`qstar_lib.checkpoint` (safetensors + JSON, no pickles). Resuming gives the same
+  checkpoints through :mod:`qstar_lib.lm.checkpoint` (safetensors + JSON, no pickles). Resuming gives the same
   weights as an uninterrupted run, because the data order, optimizer, scheduler and RNG states are saved.
 
 ``accelerate`` places tensors on the device, handles mixed precision and, under ``accelerate launch``,
@@ -34,11 +34,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from qstar_lib import checkpoint as ckpt
-from qstar_lib.collate import collate_pairs, collate_shared_prompt, encode_pairs, encode_sft, pad_batch, pad_token_id
+from qstar_lib.lm import checkpoint as ckpt
+from qstar_lib.lm.collate import collate_pairs, collate_shared_prompt, encode_pairs, encode_sft, pad_batch, pad_token_id
 from qstar_lib.data import validate_records
 from qstar_lib.dpo import dpo_loss
-from qstar_lib.logps import per_token_logps, sequence_logps, shared_prompt_logps, supports_shared_prompt
+from qstar_lib.lm.logps import per_token_logps, sequence_logps, shared_prompt_logps, supports_shared_prompt
 
 OPTIMIZERS = ("adamw", "rmsprop")
 SCHEDULERS = ("constant_with_warmup", "linear")

@@ -10,7 +10,7 @@ Three views of the same thing, all with :data:`qstar_lib.plots.REWARD_CMAP` on a
 Tokens are strings as the tokenizer shows them; byte-level BPE markers (``"Ġ"`` for a space, ``"Ċ"`` for a
 newline) and SentencePiece's ``"▁"`` are turned back into spaces/newlines (:func:`display_token`), so the
 text reads as written. The scores are typically ``row["rejected_rewards"]`` of
-:func:`qstar_lib.logps.score_pairs`, or any score of :mod:`qstar_lib.credit` (lower = more suspicious).
+:func:`qstar_lib.lm.logps.score_pairs`, or any score of :mod:`qstar_lib.eval.credit` (lower = more suspicious).
 """
 
 from __future__ import annotations
@@ -291,7 +291,7 @@ def token_heatmap_figure(rows: Sequence[tuple], *, ncols: int | None = None, vma
 def pair_rows(record: Mapping, scored_row: Mapping, tokenizer, *, key: str = "rewards") -> list[tuple]:
     """The two panels ``(title, tokens, scores, labels)`` of one pair: chosen, then rejected.
 
-    ``scored_row`` is one :func:`qstar_lib.logps.score_pairs` row (``{side}_ids``, ``{side}_{key}``,
+    ``scored_row`` is one :func:`qstar_lib.lm.logps.score_pairs` row (``{side}_ids``, ``{side}_{key}``,
     ``{side}_reward``); tokens come from its ids (the EOS included, shown as ``⟨eos⟩``, never labelled).
     Rejected tokens are labelled with :func:`qstar_lib.data.token_labels` of the record's ``errors``.
     """

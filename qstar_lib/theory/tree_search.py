@@ -13,7 +13,7 @@ immaterial because the term is the same for every candidate). So value-guided se
 on pi* choose the same actions, for every horizon and every beam width.
 
 Everything here is exact and exhaustive where it can be (``K**h`` candidates). This module knows nothing
-about learning: it is handed the tables (a reward, pi_ref, V*, pi*) from :mod:`qstar_lib.tree`.
+about learning: it is handed the tables (a reward, pi_ref, V*, pi*) from :mod:`qstar_lib.theory.tree`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from qstar_lib.tree import TreeMDP, enumerate_trajectories, trajectory_sums
+from qstar_lib.theory.tree import TreeMDP, enumerate_trajectories, trajectory_sums
 
 
 def regularised_reward(tree: TreeMDP):

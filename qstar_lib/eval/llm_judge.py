@@ -5,7 +5,7 @@ important points, against the dataset's preferred summary, shuffling which one i
 (its Appendix H; the prompt goes back to the DPO paper). :data:`JUDGE_PROMPT` reproduces that prompt
 word for word (one field per line, as in the DPO paper), attributed to Rafailov et al. (2024), because
 a judge is only comparable when it is asked the same question. The offline book uses the gold judge
-(:mod:`qstar_lib.judge`); this module is for readers who have an endpoint (OpenAI, vLLM, llama.cpp
+(:mod:`qstar_lib.eval.judge`); this module is for readers who have an endpoint (OpenAI, vLLM, llama.cpp
 server, Ollama, ...).
 
 What it guarantees:

@@ -376,6 +376,19 @@ def load_model(name: str | None = None, *, dtype=None, device=None):
     return model, tokenizer
 
 
+@contextlib.contextmanager
+def eval_mode(*models):
+    """Evaluation mode (no dropout) for the duration, restoring each model's previous mode afterwards."""
+    modes = [m.training for m in models]
+    for m in models:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(models, modes):
+            m.train(mode)
+
+
 def clone_model(model):
     """A frozen copy of ``model`` to serve as pi_ref: deep-copied, eval mode, no gradients."""
     ref = copy.deepcopy(model)

@@ -1,9 +1,9 @@
 """Model FLOPs, tokens/s and MFU of one DPO step, for the scaling chapter and ``benchmarks/bench_gpu_dpo.py``.
 
 It knows how to count the arithmetic a DPO step needs and how to time one; it knows nothing about data or
-the experiment pipeline. A step here is exactly the computation of :func:`qstar_lib.train.train_dpo` once
+the experiment pipeline. A step here is exactly the computation of :func:`qstar_lib.lm.train.train_dpo` once
 the reference log-probs are cached (Sec. 4 of the paper's setup: pi_ref is fixed): one forward over the
-shared-prompt rows of :func:`qstar_lib.collate.collate_shared_prompt`, the DPO loss of
+shared-prompt rows of :func:`qstar_lib.lm.collate.collate_shared_prompt`, the DPO loss of
 :func:`qstar_lib.dpo.dpo_loss`, a backward, gradient-norm clipping and an optimizer step.
 
 **Model FLOPs utilisation** (MFU, as in the PaLM paper) divides the FLOPs the *model* needs by the time and
@@ -108,7 +108,7 @@ def step_flops(config, n_tokens: int, n_attended: int, n_head_positions: int, tr
 def packed_batch_counts(batch: Mapping[str, torch.Tensor]) -> dict[str, int]:
     """``n_tokens``, ``n_attended`` and ``n_head_positions`` of a shared-prompt batch.
 
-    Reads the batch of :func:`qstar_lib.collate.collate_shared_prompt`: rows are left-padded, so a row's
+    Reads the batch of :func:`qstar_lib.lm.collate.collate_shared_prompt`: rows are left-padded, so a row's
     padding is every column before its prompt's first token (found from the prompt's last column,
     ``chosen_src[:, 0]``, and its position id). Attention pairs are counted from the block-causal mask
     without the padding rows; the LM head runs from the first position that predicts a completion token to
@@ -165,7 +165,7 @@ def _sync(device) -> None:
 
 
 def random_pairs(n: int, prompt_tokens: int, completion_tokens: int, vocab_size: int, seed: int = 0) -> list[dict]:
-    """``n`` encoded pairs (the format of :func:`qstar_lib.collate.encode_pairs`) of random token ids.
+    """``n`` encoded pairs (the format of :func:`qstar_lib.lm.collate.encode_pairs`) of random token ids.
 
     Every pair has a ``prompt_tokens`` prompt and two ``completion_tokens`` completions: with random
     weights, the text does not matter, only the shapes do.
@@ -211,9 +211,9 @@ def benchmark_dpo_step(
     """
     from tqdm.auto import tqdm
 
-    from qstar_lib.collate import collate_shared_prompt
+    from qstar_lib.lm.collate import collate_shared_prompt
     from qstar_lib.dpo import dpo_loss
-    from qstar_lib.logps import model_device, shared_prompt_logps
+    from qstar_lib.lm.logps import model_device, shared_prompt_logps
 
     if steps < 1 or warmup < 0:
         raise ValueError(f"steps must be >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")

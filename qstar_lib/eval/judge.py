@@ -22,7 +22,7 @@ import bisect
 import re
 from dataclasses import dataclass
 
-from qstar_lib.data_synthetic import (
+from qstar_lib.data.synthetic import (
     CLAIM_KEYS,
     FAMILIES,
     TYPES,

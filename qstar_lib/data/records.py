@@ -2,7 +2,7 @@
 span -> token labels.
 
 Records are plain dicts in TRL's preference format (``prompt``/``chosen``/``rejected``), so they go
-straight into TRL or into :mod:`qstar_lib.collate`. Synthetic records also carry their ground truth:
+straight into TRL or into :mod:`qstar_lib.lm.collate`. Synthetic records also carry their ground truth:
 ``errors`` (character spans of the planted errors in ``rejected``), ``facts`` and ``post_values``, which
 is what turns the paper's qualitative Fig. 1 into a measurement of credit assignment.
 
@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
-from qstar_lib.data_synthetic import (
+from qstar_lib.data.synthetic import (
     ERROR_KINDS,
     ERROR_MIX,
     FAMILIES,
@@ -37,17 +37,11 @@ from qstar_lib.data_synthetic import (
 )
 
 __all__ = [
-    "ERROR_KINDS", "ERROR_MIX", "FAMILIES", "LOCALISED_KINDS", "NONLOCAL_KINDS", "PAIR_KINDS",
-    "PROMPT_TEMPLATE", "SPLITS", "HUB_DATASET", "HUB_SPLITS", "DropReport", "RecordError", "extract_numbers",
-    "fig1_example", "load_tldr_preference", "normalise_number", "synthetic_tldr", "to_hf_dataset",
-    "token_labels", "validate_records", "write_jsonl",
+    "DropReport", "RecordError", "synthetic_tldr", "to_hf_dataset", "token_labels", "validate_records", "write_jsonl",
 ]
 
 log = logging.getLogger(__name__)
 
-HUB_DATASET = "trl-lib/tldr-preference"
-HUB_SPLITS = ("train", "validation")  # the hub set has no test split
-REDDIT_PREFIX = "SUBREDDIT:"
 REQUIRED = ("prompt", "chosen", "rejected")
 
 
@@ -181,7 +175,7 @@ def _prompt_room(i: int, rid: Any, prompt: str, tokenizer, max_length: int | Non
                  max_prompt_length: int | None, max_prompt_tokens: int | None) -> None:
     """The prompt must leave at least one completion token inside ``max_length`` without being cut.
 
-    A prompt that fills the whole budget would be cut from the left by :func:`qstar_lib.collate.encode_completion`
+    A prompt that fills the whole budget would be cut from the left by :func:`qstar_lib.lm.collate.encode_completion`
     down to ``max_length - 1`` tokens: a different post than the record's, and a completion of one token.
     Cutting is accepted only when the caller asked for it with ``max_prompt_length``.
     """
@@ -271,78 +265,6 @@ def validate_records(records: Sequence[dict], *, tokenizer=None, max_prompt_toke
         warnings.warn(msg, UserWarning, stacklevel=2)
         log.warning(msg)
     return kept, report
-
-
-# ---------------------------------------------------------------------------------------------------
-# TL;DR from the hub or from a local file
-# ---------------------------------------------------------------------------------------------------
-def _read_local(path: str) -> list[dict]:
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"load_tldr_preference: no file at path={path!r}")
-    if path.endswith(".jsonl") or path.endswith(".json"):
-        with open(path, encoding="utf-8") as f:
-            rows = []
-            for line_no, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as err:
-                        raise ValueError(f"{path}: line {line_no} is not JSON ({err.msg})") from err
-            return rows
-    if path.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist()
-    raise ValueError(f"load_tldr_preference: path={path!r} must end in .jsonl or .parquet")
-
-
-def _read_hub(split: str) -> list[dict]:
-    if split not in HUB_SPLITS:
-        raise ValueError(f"split={split!r}: {HUB_DATASET} has the splits {', '.join(HUB_SPLITS)}")
-    try:
-        import datasets
-
-        ds = datasets.load_dataset(HUB_DATASET, split=split)
-    except Exception as err:  # offline, no cache, hub down: say what to use instead
-        raise ConnectionError(
-            f"could not load {HUB_DATASET!r} (split {split!r}) from the Hugging Face hub: "
-            f"{type(err).__name__}: {err}. Offline, use qstar_lib.data.synthetic_tldr(n) (the offline default), "
-            f"or pass path= to a local .jsonl/.parquet file with prompt/chosen/rejected columns."
-        ) from err
-    return [dict(row) for row in ds]
-
-
-def load_tldr_preference(split: str = "train", *, n: int | None = None, path: str | None = None,
-                         reddit_only: bool = True) -> list[dict]:
-    """Reddit TL;DR preference pairs (prompt/chosen/rejected), from a local file or from the hub.
-
-    With ``path`` (a ``.jsonl`` or ``.parquet`` file in the schema of ``trl-lib/tldr-preference``)
-    the file is read; without it, ``datasets.load_dataset("trl-lib/tldr-preference", split=split)``.
-    Offline that raises a ``ConnectionError`` naming the offline default, :func:`synthetic_tldr`.
-
-    The hub's validation split mixes in CNN/DailyMail rows (about 2.3k of its 86.1k; TRL's
-    ``trl-internal-testing/tldr-preference-trl-style`` keeps them apart as ``validation_cnndm``). Their
-    prompts are written ``"Article:\\n...\\n\\nTL;DR:"`` while every Reddit prompt starts with
-    ``"SUBREDDIT:"``, so with ``reddit_only`` (default) rows whose prompt does not start with
-    ``"SUBREDDIT:"`` are removed, and how many is reported in a warning. Then the first ``n`` rows are
-    kept, an ``id`` (``f"{split}-{i:06d}"``) is added where missing, and :func:`validate_records` runs
-    with ``drop_invalid=True`` (dropped rows are reported in a warning, never silently).
-    """
-    rows = _read_local(path) if path is not None else _read_hub(split)
-    if reddit_only:
-        kept = [r for r in rows if isinstance(r.get("prompt"), str) and r["prompt"].startswith(REDDIT_PREFIX)]
-        if len(kept) < len(rows):
-            msg = (f"load_tldr_preference: removed {len(rows) - len(kept)} of {len(rows)} rows whose prompt does "
-                   f"not start with {REDDIT_PREFIX!r} (CNN/DailyMail articles)")
-            warnings.warn(msg, UserWarning, stacklevel=2)
-            log.warning(msg)
-        rows = kept
-    if n is not None:
-        rows = rows[:n]
-    for i, r in enumerate(rows):
-        r.setdefault("id", f"{split}-{i:06d}")
-    kept, _ = validate_records(rows, drop_invalid=True)
-    return kept
 
 
 # ---------------------------------------------------------------------------------------------------

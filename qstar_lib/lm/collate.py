@@ -177,7 +177,7 @@ def pad_batch(encoded: Sequence[Mapping], pad_token_id: int, padding_side: str =
 
     Returns ``input_ids`` (B, T) padded with ``pad_token_id``, ``attention_mask`` (B, T) and
     ``completion_mask`` (B, T), both 0 on padding; T is the longest row. ``padding_side="left"`` puts
-    the padding first (as for generation); :func:`qstar_lib.logps.per_token_logps` gives the same
+    the padding first (as for generation); :func:`qstar_lib.lm.logps.per_token_logps` gives the same
     per-token values for either side.
     """
     if padding_side not in ("left", "right"):
@@ -185,7 +185,7 @@ def pad_batch(encoded: Sequence[Mapping], pad_token_id: int, padding_side: str =
     if not encoded:
         raise ValueError("pad_batch needs at least one encoded record")
     if pad_token_id is None:
-        raise ValueError("pad_token_id is None; set tokenizer.pad_token (qstar_lib.models does)")
+        raise ValueError("pad_token_id is None; set tokenizer.pad_token (qstar_lib.lm.models does)")
     T = max(len(e["input_ids"]) for e in encoded)
     B = len(encoded)
     input_ids = torch.full((B, T), int(pad_token_id), dtype=torch.long)  # (B, T)

@@ -15,7 +15,7 @@ from matplotlib.colors import Normalize
 from matplotlib.lines import Line2D
 
 from qstar_lib.plots import COLORS, REWARD_CMAP, new_figure
-from qstar_lib.tree import SoftSolution, TreeMDP, trajectory_states
+from qstar_lib.theory.tree import SoftSolution, TreeMDP, trajectory_states
 
 PATH_STYLES = (
     {"color": COLORS["policy"], "lw": 4.0, "ls": "-", "alpha": 0.85},
@@ -54,23 +54,7 @@ def plot_tree(tree: TreeMDP, solution: SoftSolution, paths: dict | None = None, 
     v_all = np.concatenate([solution.v_star[d] for d in range(min(depth + 1, tree.depth))])
     norm = Normalize(vmin=float(v_all.min()), vmax=float(v_all.max()))
 
-    segments, widths = [], []
-    for d in range(depth):
-        parent_x = np.repeat(xs[d], k)  # (K**(d+1),)
-        for px, cx, p in zip(parent_x, xs[d + 1], solution.pi_star[d].reshape(-1)):
-            segments.append([(px, -d), (cx, -(d + 1))])
-            widths.append(0.3 + 6.0 * p)
-    ax.add_collection(LineCollection(segments, linewidths=widths, colors="#9a9a9a", alpha=0.7, zorder=1))
-
-    for d in range(label_depth):  # pi* on the top edges, where there is room
-        if d >= depth:
-            break
-        for i in range(k**d):
-            for a in range(k):
-                cx = xs[d + 1][i * k + a]
-                ax.text((xs[d][i] + cx) / 2, -(d + 0.5), f"{solution.pi_star[d][i, a]:.2f}", fontsize=8,
-                        ha="center", va="center", zorder=4,
-                        bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85})
+    _draw_edges(ax, xs, solution, depth, k, label_depth)
 
     handles = []
     for style, (label, actions) in zip(PATH_STYLES, (paths or {}).items()):
@@ -97,11 +81,38 @@ def plot_tree(tree: TreeMDP, solution: SoftSolution, paths: dict | None = None, 
         handles.append(Line2D([], [], color="#d0d0d0", marker="o", ls="", markeredgecolor="#333333",
                               label=r"terminal state, $V^*=0$"))
 
-    sm = _scalar_mappable(norm)
-    ax.figure.colorbar(sm, ax=ax, fraction=0.025, pad=0.01, label=r"$V^*(s)$")
+    ax.figure.colorbar(_scalar_mappable(norm), ax=ax, fraction=0.025, pad=0.01, label=r"$V^*(s)$")
+    _style_axes(ax, depth, tree.depth, k)
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), fontsize=9,
+              ncol=min(len(handles), 2 if k**depth < 30 else 3))
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def _draw_edges(ax, xs, solution: SoftSolution, depth: int, k: int, label_depth: int) -> None:
+    """Edges as wide as pi*(a|s); pi* written on the edges leaving states at depth < label_depth."""
+    segments, widths = [], []
+    for d in range(depth):
+        parent_x = np.repeat(xs[d], k)  # (K**(d+1),)
+        for px, cx, p in zip(parent_x, xs[d + 1], solution.pi_star[d].reshape(-1)):
+            segments.append([(px, -d), (cx, -(d + 1))])
+            widths.append(0.3 + 6.0 * p)
+    ax.add_collection(LineCollection(segments, linewidths=widths, colors="#9a9a9a", alpha=0.7, zorder=1))
+    for d in range(min(label_depth, depth)):  # pi* on the top edges, where there is room
+        for i in range(k**d):
+            for a in range(k):
+                cx = xs[d + 1][i * k + a]
+                ax.text((xs[d][i] + cx) / 2, -(d + 0.5), f"{solution.pi_star[d][i, a]:.2f}", fontsize=8,
+                        ha="center", va="center", zorder=4,
+                        bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85})
+
+
+def _style_axes(ax, depth: int, tree_depth: int, k: int) -> None:
+    """Depth labels on the y axis, no x axis, room for the legend below."""
     ticks = [f"depth {d}" for d in range(depth + 1)]
-    if depth < tree.depth:
-        ticks[-1] += f"\n(of {tree.depth}, not drawn)"
+    if depth < tree_depth:
+        ticks[-1] += f"\n(of {tree_depth}, not drawn)"
     ax.set_yticks([-d for d in range(depth + 1)], ticks)
     ax.tick_params(axis="y", length=0)
     ax.set_xticks([])
@@ -110,11 +121,6 @@ def plot_tree(tree: TreeMDP, solution: SoftSolution, paths: dict | None = None, 
         ax.spines[side].set_visible(False)
     ax.set_xlim(-1, k**depth)
     ax.set_ylim(-depth - 0.4, 0.6)
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), fontsize=9,
-              ncol=min(len(handles), 2 if k**depth < 30 else 3))
-    if title:
-        ax.set_title(title)
-    return ax
 
 
 def _cmap():

@@ -18,7 +18,7 @@ import torch
 from scipy.special import softmax
 
 from qstar_lib.dpo import dpo_loss
-from qstar_lib.tree import TreeMDP, enumerate_trajectories, log_ratio, optimal_advantage, solve, trajectory_sums
+from qstar_lib.theory.tree import TreeMDP, enumerate_trajectories, log_ratio, optimal_advantage, solve, trajectory_sums
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ token of the *rejected* completion; a good credit assigner gives the planted-err
 scores. The DPO reward already points that way (a wrong token should lose reward); surprisal baselines use
 ``+log pi`` (negative surprisal) so that an unlikely token also gets a low score.
 
-Inputs follow :func:`qstar_lib.logps.score_pairs`: ``row["rejected_rewards"]`` is a list aligned with
+Inputs follow :func:`qstar_lib.lm.logps.score_pairs`: ``row["rejected_rewards"]`` is a list aligned with
 ``tokenizer(rejected, add_special_tokens=False).input_ids`` followed by the EOS when it was kept. Token
 labels come from :func:`qstar_lib.data.token_labels` (one 0/1 per completion token, no EOS).
 
@@ -24,7 +24,7 @@ is the expectation under a uniformly random tie-break (exact, not sampled). So a
 AUROC 0.5 within a record, top-1 = (labelled tokens) / (tokens).
 
 Everything here is numpy (plus pandas for :func:`credit_table`); models appear only in the surprisal
-baselines, through :func:`qstar_lib.logps.pair_logps`.
+baselines, through :func:`qstar_lib.lm.logps.pair_logps`.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def _labels(x: Any, name: str) -> np.ndarray:
 def align_scores(scores: Sequence[float], n_tokens: int, *, record: Any = None) -> np.ndarray:
     """Per-token scores cut to the ``n_tokens`` completion tokens: the EOS entry, if present, is dropped.
 
-    ``len(scores) == n_tokens + 1``: the last entry is the EOS position (as :func:`qstar_lib.logps.score_pairs`
+    ``len(scores) == n_tokens + 1``: the last entry is the EOS position (as :func:`qstar_lib.lm.logps.score_pairs`
     returns it for an untruncated completion) and is removed. ``len(scores) == n_tokens``: returned as is.
     Anything else raises ``ValueError`` naming ``record``: shorter means the completion was truncated
     (raise ``max_length``), longer means the scores belong to another tokenisation.
@@ -378,7 +378,7 @@ def _per_token(rows: Sequence, key: str) -> list[np.ndarray]:
 
 
 def surprisal_scores(logps_rows: Sequence[Mapping], side: str = "rejected") -> list[np.ndarray]:
-    """``+log pi`` per token (negative surprisal: lower = more suspicious) from :func:`qstar_lib.logps.pair_logps` rows."""
+    """``+log pi`` per token (negative surprisal: lower = more suspicious) from :func:`qstar_lib.lm.logps.pair_logps` rows."""
     return _per_token(logps_rows, f"{side}_per_token_logps")
 
 
@@ -388,7 +388,7 @@ def sft_surprisal(model_or_rows, tokenizer=None, records: Sequence[Mapping] | No
 
     A token the SFT model did not expect (a value absent from the post) is flagged without any preference
     training; the DPO reward must beat this to show it learned something. Pass either the
-    :func:`qstar_lib.logps.pair_logps` output of the SFT model (the same rows serve as ``ref_scores`` of
+    :func:`qstar_lib.lm.logps.pair_logps` output of the SFT model (the same rows serve as ``ref_scores`` of
     ``score_pairs`` when pi_ref is the SFT model, so nothing is recomputed), or the model with ``tokenizer``
     and ``records`` (extra keyword arguments go to ``pair_logps``). Aligned like score_pairs' rewards
     (EOS entry last when kept).
@@ -399,7 +399,7 @@ def sft_surprisal(model_or_rows, tokenizer=None, records: Sequence[Mapping] | No
         return surprisal_scores(model_or_rows, side)
     if tokenizer is None or records is None:
         raise ValueError("with a model, pass tokenizer= and records= too")
-    from qstar_lib.logps import pair_logps
+    from qstar_lib.lm.logps import pair_logps
 
     return surprisal_scores(pair_logps(model_or_rows, tokenizer, records, **pair_logps_kwargs), side)
 
@@ -477,8 +477,8 @@ def credit_scores(scored: Sequence[Mapping], *, sft_logps: Sequence[Mapping] | N
                   base_logps: Sequence[Mapping] | None = None, seed: int = 0) -> dict[str, list[np.ndarray]]:
     """The per-token scores of every method for the rejected completions (lower = more suspicious).
 
-    ``scored``: :func:`qstar_lib.logps.score_pairs` rows (``dpo_reward`` and ``uniform_share`` come from
-    ``rejected_rewards``); ``sft_logps`` / ``base_logps``: :func:`qstar_lib.logps.pair_logps` rows of the
+    ``scored``: :func:`qstar_lib.lm.logps.score_pairs` rows (``dpo_reward`` and ``uniform_share`` come from
+    ``rejected_rewards``); ``sft_logps`` / ``base_logps``: :func:`qstar_lib.lm.logps.pair_logps` rows of the
     SFT and base models (those methods are left out when not given); ``random`` uses ``seed``.
     """
     methods = {"dpo_reward": _per_token(scored, "rejected_rewards")}

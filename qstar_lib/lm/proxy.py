@@ -222,15 +222,16 @@ class ProxyTuningLogitsProcessor(LogitsProcessor):
 def steered_summaries(base_model, proxy_model, ref_model, tokenizer, prompts, beta: float, **generate_kwargs):
     """One summary per prompt from ``base_model`` steered by eq. 14 with strength ``beta`` (0: unsteered).
 
-    :func:`qstar_lib.search.generate_summaries` (batched, left-padded prompts, greedy by default, stopping
+    :func:`qstar_lib.lm.decoding.generate_summaries` (batched, left-padded prompts, greedy by default, stopping
     at EOS or a new paragraph) with a fresh :class:`ProxyTuningLogitsProcessor` per batch, built on that
     batch's prompt mask so the proxy and reference see the same positions as the base model. All three
     models run in evaluation mode for the duration. ``generate_kwargs`` go to ``generate_summaries``.
     """
-    from qstar_lib.search import _eval_mode, generate_summaries
+    from qstar_lib.lm.decoding import generate_summaries
+    from qstar_lib.lm.models import eval_mode
 
     def processors(attention_mask: torch.Tensor) -> list:
         return [ProxyTuningLogitsProcessor(proxy_model, ref_model, beta, attention_mask=attention_mask)]
 
-    with _eval_mode(proxy_model, ref_model):
+    with eval_mode(proxy_model, ref_model):
         return generate_summaries(base_model, tokenizer, prompts, logits_processors=processors, **generate_kwargs)

@@ -1,19 +1,19 @@
 """An OpenAI-compatible chat endpoint on 127.0.0.1 that answers the Appendix-H prompt with the gold judge.
 
-Why: the LLM judge (:mod:`qstar_lib.llm_judge`) talks HTTP to a model we do not have offline. This server
+Why: the LLM judge (:mod:`qstar_lib.eval.llm_judge`) talks HTTP to a model we do not have offline. This server
 lets a reader run the *whole* judging path (prompt building, A/B shuffling, HTTP, parsing, bootstrap
 intervals) on a laptop, and check it: because the server decides with the deterministic gold judge
-(:mod:`qstar_lib.judge`), the win rate that comes back over HTTP must equal the gold judge's own win rate
+(:mod:`qstar_lib.eval.judge`), the win rate that comes back over HTTP must equal the gold judge's own win rate
 on the same pairs. Swap the base URL for a real endpoint and nothing else changes.
 
 ``POST .../chat/completions`` with ``{"model", "messages": [{"role": "user", "content": <prompt>}]}``:
 the server reads the post and the two summaries out of the prompt (the layout of
-:data:`qstar_lib.llm_judge.JUDGE_PROMPT`), finds the record whose ``prompt`` is that post, and answers
+:data:`qstar_lib.eval.llm_judge.JUDGE_PROMPT`), finds the record whose ``prompt`` is that post, and answers
 ``"Comparison: ...\\nPreferred: A"`` (or ``B``). When the gold judge scores both summaries the same, it says
 so and prefers neither, which the client counts as *unparsable*, as it would a real model that refuses to
 choose. A prompt it cannot read or a post it does not know is a 400 with a JSON error message.
 
-It knows nothing about models: it compares strings through :func:`qstar_lib.judge.score_summary`.
+It knows nothing about models: it compares strings through :func:`qstar_lib.eval.judge.score_summary`.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import threading
 from collections.abc import Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from qstar_lib.judge import TIE_TOL, score_summary
-from qstar_lib.llm_judge import JUDGE_PROMPT
+from qstar_lib.eval.judge import TIE_TOL, score_summary
+from qstar_lib.eval.llm_judge import JUDGE_PROMPT
 
 _HEAD, _REST = JUDGE_PROMPT.split("{post}")
 _MID_A, _REST = _REST.split("{summary_a}")
@@ -38,7 +38,7 @@ def parse_judge_prompt(prompt: str) -> tuple[str, str, str]:
     """``(post, summary_a, summary_b)`` from a filled Appendix-H prompt; ValueError if it is not one."""
     m = _PROMPT_RE.match(prompt)
     if m is None:
-        raise ValueError("not an Appendix-H judge prompt (see qstar_lib.llm_judge.JUDGE_PROMPT)")
+        raise ValueError("not an Appendix-H judge prompt (see qstar_lib.eval.llm_judge.JUDGE_PROMPT)")
     return m.group("post"), m.group("a"), m.group("b")
 
 
@@ -56,7 +56,7 @@ def gold_answer(record: Mapping, summary_a: str, summary_b: str) -> str:
 class GoldJudgeServer:
     """Serve the gold judge as an OpenAI-compatible endpoint for ``records`` (a context manager).
 
-    ``base_url`` (``http://127.0.0.1:<port>/v1``) is what :class:`qstar_lib.llm_judge.LLMJudge` takes.
+    ``base_url`` (``http://127.0.0.1:<port>/v1``) is what :class:`qstar_lib.eval.llm_judge.LLMJudge` takes.
     ``requests`` counts the chat requests served. Posts are matched on ``record["prompt"].strip()``.
     """
 
