@@ -28,7 +28,8 @@ from qstar_lib.data import (
     validate_records,
     write_jsonl,
 )
-from qstar_lib.data.synthetic import CLAIM_KEYS, TYPES, text_key
+from qstar_lib.data.family import CLAIM_KEYS
+from qstar_lib.data.values import TYPES, text_key
 
 N = 600  # records per check: 10 families x 6 kinds, every combination many times
 
@@ -95,7 +96,7 @@ def test_families_and_same_type_values(train):
         types = collections.Counter(s.type for s in fam.slots.values())
         assert max(types.values()) >= 2, f"{fam.name}: no two values of one type"
         assert len(fam.posts) >= 3 and len(fam.summaries) >= 3 and len(fam.claims) >= 5
-    from qstar_lib.data import synthetic as ds
+    from qstar_lib.data import values as ds
 
     for pool in (ds.FEMALE_NAMES, ds.MALE_NAMES, ds.PET_NAMES, ds.US_CITIES, ds.WORLD_CITIES, ds.CARS, ds.CAMERAS,
                  ds.SCHOOLS, ds.ROLES):
@@ -435,3 +436,94 @@ def test_to_hf_dataset_and_jsonl_round_trip(tmp_path, train):
     path = write_jsonl(recs, str(tmp_path / "r.jsonl"))
     with open(path, encoding="utf-8") as f:
         assert [json.loads(line) for line in f] == recs
+
+
+# ---------------------------------------------------------------------------------------------------
+# The families as data (qstar_lib/data/families/*.json): same records as the old in-code tables
+# ---------------------------------------------------------------------------------------------------
+# sha256 of json.dumps(records, sort_keys=True), computed with the tree from before the families became
+# JSON files (FAMILY_TEXTS in data_synthetic.py). A change here is a change of the published data set.
+SYNTHETIC_DIGESTS = {
+    (0, "train", None, None): "93d3f73e8cd8c5cd510269ffd2c78fef32923869b5e4befb6e86eb998589bf85",
+    (0, "validation", None, None): "9abf8af528f4750ae2f641682e6f3317514c284a944af0f80f9983d793a9c53d",
+    (0, "test", None, None): "541d00c3e4198cd5615ac9425b49ceccc75796578b3c76c5e95b8abf6dfdf0b0",
+    (1, "train", None, None): "09c9a922f6957bde79821d46cb30d0066738cf44a7a6833b2fee984895b057c8",
+    (7, "test", None, None): "d0a0a05fd2f7a5fea54bef3acb48db6927af30e53c5cb8267a939b86e516966a",
+    (3, "train", ("in_post_swap", "omission"), None):
+        "97b953945f100a41f4290def227cec6a8312edca036636ff2f12795ce113ce31",
+    (4, "validation", (("two_errors", 2.0), ("verbosity", 1.0), ("absent_value", 1.0)), None):
+        "c4a32682297f72b6f1b95229b75836430ea18788ea97bb908da2c0ec563609d0",
+    (5, "train", None, ("job_offer", "pets", "travel_budget")):
+        "0f29c103d467e54d0cc65cc40ffecbf2095fdeb620dd1ff2a5d90c713b7e1c3d",
+}
+FIG1_DIGEST = "5427d38a16db1fd79964aba7c5c5e09b58bd46a38d6bf6818a571a3b5cb30d58"
+
+
+def _sha256(obj) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+@pytest.mark.parametrize("case", list(SYNTHETIC_DIGESTS),
+                         ids=lambda c: f"seed{c[0]}-{c[1]}" + "-kinds" * bool(c[2]) + "-families" * bool(c[3]))
+def test_synthetic_records_are_byte_identical_to_the_in_code_families(case):
+    seed, split, kinds, families = case
+    kinds = dict(kinds) if kinds and isinstance(kinds[0], tuple) else list(kinds) if kinds else None
+    recs = synthetic_tldr(1000, seed=seed, split=split, kinds=kinds,
+                          families=list(families) if families else None)
+    assert _sha256(recs) == SYNTHETIC_DIGESTS[case]
+
+
+def test_fig1_example_is_unchanged_by_the_family_files():
+    assert _sha256(fig1_example()) == FIG1_DIGEST
+
+
+def test_every_family_is_one_shipped_json_file():
+    import importlib.resources
+
+    folder = importlib.resources.files("qstar_lib.data") / "families"
+    names = sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))
+    assert names == sorted(FAMILIES)
+    for name in names:
+        assert json.loads((folder / f"{name}.json").read_text(encoding="utf-8"))["family"] == name
+
+
+@pytest.mark.parametrize("break_it, where", [
+    (lambda o: o["slots"]["old_dog"].update(type="dog"), "slots.old_dog.type"),
+    (lambda o: o["slots"]["old_age"].pop("range"), "slots.old_age.range"),
+    (lambda o: o["slots"]["new_pup"].update(pool="DOGS"), "slots.new_pup.pool"),
+    (lambda o: o["titles"].append("My {dog} is sick"), "titles[2]"),
+    (lambda o: o["summaries"][1].update(omits=["nope"]), "summaries[1].omits"),
+    (lambda o: o["claims"][0].update(key="not in the text"), "claims[0].key"),
+    (lambda o: o.pop("posts"), "(top level)"),
+])
+def test_a_broken_family_file_names_the_file_and_the_key(break_it, where):
+    import importlib.resources
+
+    from qstar_lib.data.family import FamilyFileError, read_family
+
+    obj = json.loads((importlib.resources.files("qstar_lib.data") / "families" / "pets.json").read_text("utf-8"))
+    break_it(obj)
+    with pytest.raises(FamilyFileError, match=re.escape(f"families/pets.json: {where}:")):
+        read_family("pets", json.dumps(obj))
+
+
+def test_samplers_draw_what_the_family_files_declare():
+    """Each file's ``range``/``pool`` documents its sampler; hold the samplers to it."""
+    import random
+
+    from qstar_lib.data.values import POOLS, STYLES
+
+    rng = random.Random(0)
+    for fam in FAMILIES.values():
+        for _ in range(2000):
+            values = fam.sample(rng, dict(rng.choice(STYLES)))
+            assert list(values) == list(fam.slots), fam.name
+            for s, v in values.items():
+                slot = fam.slots[s]
+                number = v[0] if isinstance(v, tuple) else v  # a car is (model year, model)
+                if slot.range is not None:
+                    assert slot.range[0] <= number <= slot.range[1], (fam.name, s, v)
+                if slot.pool is not None:
+                    assert (v[1] if isinstance(v, tuple) else v) in POOLS[slot.pool], (fam.name, s, v)

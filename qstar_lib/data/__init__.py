@@ -1,5 +1,9 @@
 """Preference records: validation, the hub/local TL;DR loader, the synthetic planted-error generator.
 
+Modules: ``records`` (validation, token labels, writing), ``tldr`` (the hub loader), ``synthetic`` (the
+planted-error generator's engine), ``family`` (the synthetic families, read from ``families/*.json``),
+``values`` (vocabularies and value types), ``numbers`` (the number parser shared with the gold judge).
+
 Imports nothing of ``lm`` or ``eval``: a tokenizer is only handed in, never loaded here.
 
 Names are exported lazily (PEP 562): ``from qstar_lib.data import X`` loads only the module that
@@ -18,51 +22,55 @@ _EXPORTS = {
     "token_labels": "records",
     "validate_records": "records",
     "write_jsonl": "records",
-    "CAMERAS": "synthetic",
-    "CARS": "synthetic",
-    "CLAIM_KEYS": "synthetic",
+    "CLAIM_KEYS": "family",
+    "FAMILIES": "family",
+    "FAMILY_TEXTS": "family",
+    "Family": "family",
+    "FamilyFileError": "family",
+    "S": "family",
+    "Slot": "family",
+    "Summary": "family",
+    "read_family": "family",
+    "extract_numbers": "numbers",
+    "normalise_number": "numbers",
     "ERROR_KINDS": "synthetic",
     "ERROR_MIX": "synthetic",
-    "FAMILIES": "synthetic",
-    "FAMILY_TEXTS": "synthetic",
-    "FEMALE_NAMES": "synthetic",
     "FILLERS": "synthetic",
-    "Family": "synthetic",
     "LOCALISED_KINDS": "synthetic",
-    "MALE_NAMES": "synthetic",
     "NONLOCAL_KINDS": "synthetic",
     "PAIR_KINDS": "synthetic",
-    "PET_NAMES": "synthetic",
     "PROMPT_TEMPLATE": "synthetic",
-    "ROLES": "synthetic",
-    "S": "synthetic",
-    "SCHOOLS": "synthetic",
     "SPLITS": "synthetic",
-    "Slot": "synthetic",
-    "Summary": "synthetic",
     "TWO_ERROR_COMBOS": "synthetic",
-    "TYPES": "synthetic",
-    "US_CITIES": "synthetic",
-    "VOCABULARY": "synthetic",
-    "ValueType": "synthetic",
-    "WORLD_CITIES": "synthetic",
-    "extract_numbers": "synthetic",
     "fig1_example": "synthetic",
     "generate": "synthetic",
-    "normalise_number": "synthetic",
-    "text_key": "synthetic",
+    "CAMERAS": "values",
+    "CARS": "values",
+    "FEMALE_NAMES": "values",
+    "MALE_NAMES": "values",
+    "PET_NAMES": "values",
+    "POOLS": "values",
+    "ROLES": "values",
+    "SCHOOLS": "values",
+    "TYPES": "values",
+    "US_CITIES": "values",
+    "VOCABULARY": "values",
+    "ValueType": "values",
+    "WORLD_CITIES": "values",
+    "text_key": "values",
     "HUB_DATASET": "tldr",
     "HUB_SPLITS": "tldr",
     "REDDIT_PREFIX": "tldr",
     "load_tldr_preference": "tldr",
 }
-__all__ = sorted(_EXPORTS) + ['records', 'tldr', 'synthetic']
+_SUBMODULES = ("records", "tldr", "synthetic", "family", "numbers", "values")
+__all__ = sorted(_EXPORTS) + list(_SUBMODULES)
 
 
 def __getattr__(name: str):
     if name in _EXPORTS:
         return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    if name in ('records', 'tldr', 'synthetic'):
+    if name in _SUBMODULES:
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

@@ -31,8 +31,9 @@ import importlib.resources
 import json
 import random
 import string
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, NoReturn
 
 from qstar_lib.data.values import (
     CAMERAS,
@@ -79,6 +80,8 @@ S = Summary  # the short name the old in-code tables used
 
 @dataclass(frozen=True)
 class Family:
+    """One topic of the synthetic set: its file's contents (:data:`FAMILY_TEXTS`) and its sampler."""
+
     name: str
     subreddits: tuple[str, ...]
     slots: dict[str, Slot]
@@ -97,6 +100,9 @@ class Family:
                      if s != slot and sl.type == me.type and (sl.cues, sl.after) != (me.cues, me.after))
 
 
+# ---------------------------------------------------------------------------------------------------
+# Samplers: the engine's part of a family. Each draws all slot values at once, so they stay consistent.
+# ---------------------------------------------------------------------------------------------------
 def _distinct(rng: random.Random, draw: Callable[[], int], k: int) -> list[int]:
     seen: list[int] = []
     while len(seen) < k:
@@ -203,3 +209,169 @@ _SAMPLERS = {  # family -> its sampler; the order of this table is the order of 
     "weight_loss": _sample_fitness, "college_aid": _sample_college, "pets": _sample_pets,
     "travel_budget": _sample_travel,
 }
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading and checking families/<family>.json
+# ---------------------------------------------------------------------------------------------------
+class FamilyFileError(ValueError):
+    """A family file that breaks the format of this module's docstring; the message names file and key."""
+
+
+_FORMATTER = string.Formatter()
+
+
+class _File:
+    """Where a check is: the file, for messages of the form ``families/pets.json: slots.old_dog.type: ...``."""
+
+    def __init__(self, name: str):
+        self.path = f"families/{name}.json"
+
+    def fail(self, key: str, message: str) -> NoReturn:
+        raise FamilyFileError(f"{self.path}: {key}: {message}")
+
+    def keys(self, obj: Any, key: str, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict:
+        if not isinstance(obj, dict):
+            self.fail(key, f"expected an object, got {type(obj).__name__}")
+        missing = [k for k in required if k not in obj]
+        unknown = [k for k in obj if k not in required + optional]
+        if missing:
+            self.fail(key, f"missing key(s) {', '.join(missing)}")
+        if unknown:
+            self.fail(key, f"unknown key(s) {', '.join(unknown)}; allowed: {', '.join(required + optional)}")
+        return obj
+
+    def strings(self, obj: Any, key: str, empty_ok: bool = False) -> tuple[str, ...]:
+        if not isinstance(obj, list) or not (obj or empty_ok):
+            self.fail(key, f"expected a {'' if empty_ok else 'non-empty '}list of strings, got {obj!r}")
+        for i, v in enumerate(obj):
+            if not isinstance(v, str) or not v.strip():
+                self.fail(f"{key}[{i}]", f"expected a non-empty string, got {v!r}")
+        return tuple(obj)
+
+    def text(self, obj: Any, key: str, fields: set[str]) -> str:
+        """A template: a string, or a list of strings joined with single spaces; only ``fields`` may be filled."""
+        if isinstance(obj, list):
+            pieces = self.strings(obj, key)
+            bad = [i for i, v in enumerate(pieces) if v != v.strip()]
+            if bad:
+                self.fail(f"{key}[{bad[0]}]", "a piece of a text may not start or end with a space")
+            obj = " ".join(pieces)
+        if not isinstance(obj, str) or not obj:
+            self.fail(key, "expected a non-empty string or a list of strings")
+        try:
+            parsed = list(_FORMATTER.parse(obj))
+        except ValueError as err:
+            self.fail(key, f"not a template ({err}); write a literal brace as {{{{ or }}}}")
+        for _, name, spec, conv in parsed:
+            if name is not None and (spec or conv):
+                self.fail(key, f"field {{{name}}}: no format spec or conversion allowed")
+            if name is not None and name not in fields:
+                self.fail(key, f"unknown field {{{name}}}; allowed: {', '.join(sorted(fields))}")
+        return obj
+
+
+def _fields(template: str) -> set[str]:
+    return {name for _, name, _, _ in _FORMATTER.parse(template) if name}
+
+
+def _read_slot(f: _File, obj: Any, key: str) -> Slot:
+    f.keys(obj, key, ("type",), ("range", "pool", "cues", "after"))
+    t = obj["type"]
+    if not isinstance(t, str) or t not in TYPES:
+        f.fail(f"{key}.type", f"{t!r} is not a value type; choose from {', '.join(TYPES)}")
+    bounds, pool = obj.get("range"), obj.get("pool")
+    if TYPES[t].kind == "number" or "range" in obj:
+        if not (isinstance(bounds, list) and len(bounds) == 2 and all(type(v) is int for v in bounds)
+                and bounds[0] <= bounds[1]):
+            f.fail(f"{key}.range", f"expected [low, high], two integers with low <= high, got {bounds!r}")
+    if TYPES[t].kind == "text" and not (isinstance(pool, str) and pool in POOLS):
+        f.fail(f"{key}.pool", f"{pool!r} is not a vocabulary; choose from {', '.join(POOLS)}")
+    if TYPES[t].kind == "number" and pool is not None:
+        f.fail(f"{key}.pool", f"a {t} slot is a number and takes no pool")
+    return Slot(t, f.strings(obj.get("cues", []), f"{key}.cues", empty_ok=True),
+                f.strings(obj.get("after", []), f"{key}.after", empty_ok=True),
+                tuple(bounds) if bounds is not None else None, pool)
+
+
+def _read_summary(f: _File, obj: Any, key: str, slots: dict[str, Slot]) -> Summary:
+    f.keys(obj, key, ("text", "omitted", "omits"))
+    fields = set(slots) | set(STYLE_FIELDS)
+    text = f.text(obj["text"], f"{key}.text", fields | {"claim"})
+    omitted = f.text(obj["omitted"], f"{key}.omitted", fields)
+    omits = f.strings(obj["omits"], f"{key}.omits")
+    for s in omits:
+        if s not in _fields(text) or s in _fields(omitted):
+            f.fail(f"{key}.omits", f"{s!r} must be a slot of the text and not of the omitted text")
+    return Summary(text, omitted, omits)
+
+
+def _read_claim(f: _File, obj: Any, key: str) -> tuple[str, str]:
+    f.keys(obj, key, ("text", "key"))
+    text = f.text(obj["text"], f"{key}.text", set(STYLE_FIELDS))
+    phrase = obj["key"]
+    if not isinstance(phrase, str) or not phrase or phrase.lower() not in text.lower():
+        f.fail(f"{key}.key", f"{phrase!r} must be a phrase of the claim's text {text!r}")
+    return text, phrase
+
+
+def _list(f: _File, obj: Any, key: str) -> list:
+    if not isinstance(obj, list) or not obj:
+        f.fail(key, "expected a non-empty list")
+    return obj
+
+
+def read_family(name: str, raw: str | None = None) -> dict:
+    """The checked contents of ``families/<name>.json`` (or of ``raw``, its text) as keyword arguments of
+    :class:`Family` (all but ``name`` and ``sample``); raises :class:`FamilyFileError`."""
+    f = _File(name)
+    if raw is None:
+        path = importlib.resources.files("qstar_lib.data") / "families" / f"{name}.json"
+        if not path.is_file():
+            why = f"family {name!r} has a sampler in {__name__}" if name in _SAMPLERS else "no such family"
+            raise FamilyFileError(f"{f.path}: missing; {why}")
+        raw = path.read_text(encoding="utf-8")
+    try:
+        obj = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise FamilyFileError(f"{f.path}: not JSON: {err}") from None
+    f.keys(obj, "(top level)", ("family", "subreddits", "slots", "titles", "posts", "summaries", "claims"))
+    if not isinstance(obj["family"], str) or obj["family"] != name:
+        f.fail("family", f"{obj['family']!r} differs from the file's name {name!r}")
+    if not isinstance(obj["slots"], dict) or not obj["slots"]:
+        f.fail("slots", "expected a non-empty object of slot name -> spec")
+    for s in obj["slots"]:
+        if not s.isidentifier() or s == "claim" or s in STYLE_FIELDS:
+            f.fail(f"slots.{s}", "a slot name is an identifier other than 'claim' and the style fields")
+    slots = {s: _read_slot(f, v, f"slots.{s}") for s, v in obj["slots"].items()}
+    fields = set(slots) | set(STYLE_FIELDS)
+    titles = tuple(f.text(t, f"titles[{i}]", fields) for i, t in enumerate(_list(f, obj["titles"], "titles")))
+    posts = tuple(f.text(t, f"posts[{i}]", fields) for i, t in enumerate(_list(f, obj["posts"], "posts")))
+    for i, post in enumerate(posts):
+        if set(slots) - _fields(post):
+            f.fail(f"posts[{i}]", f"does not mention slot(s) {', '.join(sorted(set(slots) - _fields(post)))}")
+    summaries = tuple(_read_summary(f, v, f"summaries[{i}]", slots)
+                      for i, v in enumerate(_list(f, obj["summaries"], "summaries")))
+    claims = tuple(_read_claim(f, v, f"claims[{i}]") for i, v in enumerate(_list(f, obj["claims"], "claims")))
+    drawn = _SAMPLERS[name](random.Random(name), dict(STYLES[0])) if name in _SAMPLERS else None
+    if drawn is not None and set(drawn) != set(slots):
+        f.fail("slots", f"the sampler draws {', '.join(drawn)}; the file declares {', '.join(slots)}")
+    return dict(subreddits=f.strings(obj["subreddits"], "subreddits"), slots=slots, titles=titles, posts=posts,
+                summaries=summaries, claims=claims)
+
+
+def _read_all() -> dict[str, dict]:
+    folder = importlib.resources.files("qstar_lib.data") / "families"
+    stray = sorted(p.name for p in folder.iterdir() if p.name.endswith(".json") and p.name[:-5] not in _SAMPLERS)
+    if stray:
+        raise FamilyFileError(f"families/{stray[0]}: no sampler for this family in {__name__}._SAMPLERS")
+    return {name: read_family(name) for name in _SAMPLERS}
+
+
+FAMILY_TEXTS: dict[str, dict] = _read_all()
+"""family -> the checked contents of its file (subreddits, slots, titles, posts, summaries, claims)."""
+FAMILIES: dict[str, Family] = {
+    name: Family(name=name, sample=_SAMPLERS[name], **spec) for name, spec in FAMILY_TEXTS.items()
+}
+CLAIM_KEYS: tuple[str, ...] = tuple(sorted({key for fam in FAMILIES.values() for _, key in fam.claims}))
+"""Key phrases of every inserted claim; the judge counts one in a summary but not in the post as invented."""

@@ -24,16 +24,13 @@ from typing import Any, Iterable, Sequence
 from qstar_lib.data.synthetic import (
     ERROR_KINDS,
     ERROR_MIX,
-    FAMILIES,
     LOCALISED_KINDS,
     NONLOCAL_KINDS,
     PAIR_KINDS,
     PROMPT_TEMPLATE,
     SPLITS,
-    extract_numbers,
     fig1_example,
     generate,
-    normalise_number,
 )
 
 __all__ = [

@@ -10,8 +10,9 @@ what :mod:`qstar_lib.eval.judge` recognises as names, places and products in fre
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 # ---------------------------------------------------------------------------------------------------
 # Vocabularies (>= 30 each). Names avoid ordinary English words so a token match means the name.
@@ -100,7 +101,6 @@ STYLES = tuple(make_style(pg, mg, money) for pg in "MF" for mg in "MF" for money
 def draw_style(rng: random.Random) -> dict:
     """Partner's and poster's gender (pronouns, "(27F)" tags) and how money is written in the post."""
     return dict(rng.choice(STYLES))
-
 
 
 STYLE_FIELDS: tuple[str, ...] = tuple(k for k, v in STYLES[0].items() if isinstance(v, str))

@@ -22,15 +22,9 @@ import bisect
 import re
 from dataclasses import dataclass
 
-from qstar_lib.data.synthetic import (
-    CLAIM_KEYS,
-    FAMILIES,
-    TYPES,
-    VOCABULARY,
-    extract_numbers,
-    normalise_number,
-    text_key,
-)
+from qstar_lib.data.family import CLAIM_KEYS, FAMILIES
+from qstar_lib.data.numbers import extract_numbers, normalise_number
+from qstar_lib.data.values import TYPES, VOCABULARY, text_key
 
 WORD_BUDGET = 40  # words; the synthetic chosen summaries have 15-40, SFT summaries on TL;DR about 30 tokens
 LENGTH_PENALTY = 0.02  # score lost per word above the budget
