@@ -17,7 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "accelerate"
 
 
-def _dpo(tmp_path: Path, name: str, launcher: list[str], *flags: str, env: dict | None = None) -> subprocess.CompletedProcess:
+def _dpo(
+    tmp_path: Path, name: str, launcher: list[str], *flags: str, env: dict | None = None
+) -> subprocess.CompletedProcess:
     cmd = launcher + ["-m", "qstar_lib", "dpo", "--model", "tiny", "--data", str(tmp_path / "d.jsonl"),
                       "--output-dir", str(tmp_path / name), "--max-steps", "2", "--per-device-train-batch-size", "4",
                       "--learning-rate", "1e-3", "--disable-tqdm", *flags]
@@ -42,7 +44,7 @@ def test_two_cpu_processes_match_one(tmp_path):
     assert main(["make-data", "--n", "16", "--out", str(tmp_path / "d.jsonl")]) == 0
     accelerate = [sys.executable, "-m", "accelerate.commands.launch"]
     # Two processes x 4 pairs = a global batch of 8 (TRL's per-device semantics), split by rank. (`accelerate launch
-    # --config_file configs/accelerate/multi_cpu.yaml` starts ONE process under accelerate 1.x: use_cpu picks its
+    # --config_file <a yaml with use_cpu: true>` starts ONE process under accelerate 1.x: use_cpu picks its
     # simple launcher; torchrun with ACCELERATE_USE_CPU, as qstar_lib/__main__.py documents, starts two.)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     two = _dpo(tmp_path, "two", torchrun, env={"ACCELERATE_USE_CPU": "true"})
@@ -61,7 +63,7 @@ def test_two_cpu_processes_match_one(tmp_path):
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5)
         assert a["logps/chosen"] == pytest.approx(b["logps/chosen"], rel=1e-5)
         assert a["logps/rejected"] == pytest.approx(b["logps/rejected"], rel=1e-5)
-    # after one update: d loss / d logps <= beta / 2, logps round to ~3e-5 of ~300, so ~1.5e-6 (observed 0); doubled: 0.1
+    # after one update: d loss / d logps <= beta / 2, logps round to ~3e-5 of ~300: ~1.5e-6 (observed 0); doubled: 0.1
     assert h_two[1]["loss"] == pytest.approx(h_split[1]["loss"], abs=1e-5)
     # Weights after 2 AdamW steps in float32: Adam turns rounding into moves up to ~lr on the few coordinates whose
     # gradient is ~0 (max gap 6e-5 here, another on the next CPU), so no max-abs tolerance; over all weights the gap

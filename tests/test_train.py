@@ -9,17 +9,13 @@ import os
 import pytest
 import torch
 
+from qstar_lib.data import RecordError
+
 from qstar_lib.lm import checkpoint as ckpt
 from qstar_lib.lm.collate import collate_pairs, collate_shared_prompt, encode_pairs, encode_sft
 from qstar_lib.lm.logps import per_token_logps, sequence_logps
-from qstar_lib.lm.train import (
-    DPOConfig,
-    History,
-    SFTConfig,
-    history_to_dataframe,
-    train_dpo,
-    train_sft,
-)
+from qstar_lib.lm.train import train_dpo, train_sft
+from qstar_lib.lm.train_config import DPOConfig, History, SFTConfig
 
 WORDS = "the cat dog sat ran on a mat rug big small red blue my rent is 38k 250k per year and I got job".split()
 
@@ -242,7 +238,7 @@ def test_sft_loss_decreases(tokenizer):
 def test_history_dataframe_and_logging_window(tokenizer):
     history = train_dpo(_model(tokenizer), None, tokenizer, _records(8), _dpo(max_steps=4, logging_steps=2))
     assert [row["step"] for row in history] == [2, 4]
-    frame = history_to_dataframe(history)
+    frame = history.to_dataframe()
     assert list(frame.index) == [2, 4] and "rewards/margins" in frame.columns
     assert isinstance(history, History)
 
@@ -265,7 +261,7 @@ def test_warmup_schedule_and_bad_config(tokenizer):
         DPOConfig(optim="sgd")
     with pytest.raises(ValueError, match="beta"):
         DPOConfig(beta=0)
-    with pytest.raises(KeyError, match="record 0"):
+    with pytest.raises(RecordError, match="record 0: field 'chosen' is missing"):
         train_dpo(_model(tokenizer), None, tokenizer, [{"prompt": "a"}], _dpo())
 
 
@@ -285,7 +281,7 @@ def test_save_steps_write_several_checkpoints(tokenizer, tmp_path):
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_shared_prompt_rows_give_the_concatenated_log_probs(tokenizer, attn):
     """[prompt | chosen | rejected] with a block mask == the naive [chosen; rejected] batch, pair by pair."""
-    from qstar_lib.lm.train import _PairScorer
+    from qstar_lib.lm.logps import PairScorer
 
     model = _model(tokenizer)
     model.config._attn_implementation = attn
@@ -295,7 +291,7 @@ def test_shared_prompt_rows_give_the_concatenated_log_probs(tokenizer, attn):
     with torch.no_grad():
         naive = collate_pairs(pairs, tokenizer.pad_token_id)
         expected = sequence_logps(per_token_logps(model, **naive), naive["completion_mask"])  # (2B,)
-        scorer = _PairScorer(model, tokenizer.pad_token_id, share_prompt=True)
+        scorer = PairScorer(model, tokenizer.pad_token_id, share_prompt=True)
         assert scorer.shared
         chosen, rejected = scorer(model, scorer.collate(pairs))
     assert torch.allclose(torch.cat([chosen, rejected]), expected, atol=1e-4, rtol=1e-5)
