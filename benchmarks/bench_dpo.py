@@ -166,7 +166,8 @@ def run_trl(model, tokenizer, records, args, device: str) -> dict:
 
 
 def run_ours(model, tokenizer, records, args, device: str) -> dict:
-    from qstar_lib.lm.train import DPOConfig, train_dpo
+    from qstar_lib.lm.train import train_dpo
+    from qstar_lib.lm.train_config import DPOConfig
 
     config = DPOConfig(
         per_device_train_batch_size=args.batch_size,
@@ -273,7 +274,7 @@ def main(argv=None) -> int:
 
     from qstar_lib.data import synthetic_tldr
     from qstar_lib.lm.models import load_model
-    from qstar_lib.lm.train import _epoch_order
+    from qstar_lib.lm.loop import _epoch_order
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     base, tokenizer = load_model(args.model, dtype=torch.float32, device=device)

@@ -198,7 +198,8 @@ def cmd_make_data(args) -> int:
 
 
 def cmd_sft(args) -> int:
-    from qstar_lib.lm.train import SFTConfig, train_sft
+    from qstar_lib.lm.train import train_sft
+    from qstar_lib.lm.train_config import SFTConfig
 
     config = _config(args, SFTConfig)
     records = _checked_records(args, _tokenizer(args.model), fields=("prompt", config.completion_field),
@@ -210,7 +211,8 @@ def cmd_sft(args) -> int:
 
 
 def cmd_dpo(args) -> int:
-    from qstar_lib.lm.train import DPOConfig, train_dpo
+    from qstar_lib.lm.train import train_dpo
+    from qstar_lib.lm.train_config import DPOConfig
 
     config = _config(args, DPOConfig)
     records = _checked_records(args, _tokenizer(args.model), max_length=config.max_length,
@@ -252,7 +254,7 @@ def cmd_score(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from qstar_lib.lm.train import DPOConfig, SFTConfig
+    from qstar_lib.lm.train_config import DPOConfig, SFTConfig
 
     parser = argparse.ArgumentParser(
         prog="python -m qstar_lib", description=__doc__, formatter_class=_Formatter,

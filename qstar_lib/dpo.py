@@ -52,13 +52,3 @@ def dpo_loss(
     chosen_rewards = beta * chosen_logratios.detach()  # (B,)
     rejected_rewards = beta * rejected_logratios.detach()  # (B,)
     return losses, chosen_rewards, rejected_rewards
-
-
-def reward_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> dict[str, float]:
-    """TRL's metric keys for one batch of implicit rewards (means over the batch)."""
-    return {
-        "rewards/chosen": chosen_rewards.mean().item(),
-        "rewards/rejected": rejected_rewards.mean().item(),
-        "rewards/margins": (chosen_rewards - rejected_rewards).mean().item(),
-        "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean().item(),
-    }

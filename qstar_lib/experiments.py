@@ -9,13 +9,16 @@ This module trains them once per scale and hands them out:
   :func:`eval_records` are getters: each one trains what is missing and otherwise loads from the cache.
 - :func:`ensure_all` trains everything for a scale (``python -c "from qstar_lib import experiments;
   experiments.ensure_all()"``).
+- Measurements on the trained models live beside the code they use (eq. 16 per state:
+  :func:`qstar_lib.lm.logps.eq16_per_state`).
 
 Cache layout: ``scale.cache_dir()/experiments/<stage>-<hash>/`` with ``stage`` in ``sft``, ``dpo_sft``,
 ``dpo_base`` and ``hash`` a digest of the preset's fields and :data:`PIPELINE_VERSION` (bump it when the
 training code changes what a run produces). A stage folder holds the ``checkpoint-{step}/`` folders of
 :mod:`qstar_lib.lm.train` (Hugging Face format, safetensors), ``history.json``, ``run.json`` (wall-clock time,
-sizes) and, written last, ``done``. A folder without ``done`` is an interrupted run: it is deleted and
-trained again, never half-used. A file lock per stage lets two notebooks build at once without colliding.
+sizes) and the ``COMPLETE`` marker of :mod:`qstar_lib.cache`, the one cache protocol of the library: a stage is
+trained into a temporary folder and renamed into place under a file lock, so a folder without the marker
+(an interrupted run) is never used, and two notebooks can build at once without colliding.
 
 It knows nothing about what the chapters measure on the models it returns.
 """
@@ -27,7 +30,6 @@ import hashlib
 import json
 import os
 import platform
-import shutil
 import sys
 import time
 from collections import Counter
@@ -35,12 +37,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qstar_lib import __version__, scale
-from qstar_lib.lm.models import file_lock
+from qstar_lib.cache import COMPLETE, cached_folder, is_complete
 
 #: Bump when the pipeline (or the training code it calls) changes what a cached run contains.
-PIPELINE_VERSION = 1
+#: 2: stages are built through :func:`qstar_lib.cache.cached_folder` (``COMPLETE`` marker, not ``done``).
+PIPELINE_VERSION = 2
 STAGES = ("sft", "dpo_sft", "dpo_base")
-DONE = "done"
+DONE = COMPLETE  # the marker of a finished stage folder
 HISTORY = "history.json"
 RUN_INFO = "run.json"
 
@@ -89,7 +92,7 @@ def preset(scale_name: str | None = None) -> ExperimentPreset:
     return scale.pick(
         ci=ExperimentPreset(
             model_name="tiny", n_train_pairs=32, n_eval_pairs=16, sft_steps=10, sft_batch_size=4, sft_lr=2e-3,
-            dpo_steps=10, dpo_batch_size=4, dpo_lr=1e-3, beta=0.1, max_length=256, save_steps=2, seed=0,
+            dpo_steps=10, dpo_batch_size=4, dpo_lr=1e-3, beta=0.1, max_length=384, save_steps=2, seed=0,
         ),
         cpu=ExperimentPreset(
             model_name="smollm2-135m", n_train_pairs=160, n_eval_pairs=64, sft_steps=20, sft_batch_size=8,
@@ -143,8 +146,8 @@ def _mixed_precision() -> str:
 
 
 def sft_config(p: ExperimentPreset | None = None, output_dir: str | None = None):
-    """The :class:`qstar_lib.lm.train.SFTConfig` of the preset (AdamW, constant lr, clip 10)."""
-    from qstar_lib.lm.train import SFTConfig
+    """The :class:`qstar_lib.lm.train_config.SFTConfig` of the preset (AdamW, constant lr, clip 10)."""
+    from qstar_lib.lm.train_config import SFTConfig
 
     p = _p(p)
     return SFTConfig(
@@ -155,8 +158,8 @@ def sft_config(p: ExperimentPreset | None = None, output_dir: str | None = None)
 
 
 def dpo_config(p: ExperimentPreset | None = None, output_dir: str | None = None):
-    """The :class:`qstar_lib.lm.train.DPOConfig` of the preset (AdamW, constant lr, clip 10, beta)."""
-    from qstar_lib.lm.train import DPOConfig
+    """The :class:`qstar_lib.lm.train_config.DPOConfig` of the preset (AdamW, constant lr, clip 10, beta)."""
+    from qstar_lib.lm.train_config import DPOConfig
 
     p = _p(p)
     return DPOConfig(
@@ -175,11 +178,6 @@ def stage_dir(stage: str, p: ExperimentPreset | None = None) -> Path:
     if stage not in STAGES:
         raise ValueError(f"stage={stage!r}; choose one of {STAGES}")
     return Path(scale.cache_dir()) / "experiments" / f"{stage}-{_p(p).key()}"
-
-
-def is_done(stage: str, p: ExperimentPreset | None = None) -> bool:
-    """Whether the stage is trained and complete in the cache."""
-    return (stage_dir(stage, p) / DONE).exists()
 
 
 def _say(message: str) -> None:
@@ -201,39 +199,54 @@ def _prune_training_state(folder: Path) -> None:
             path.unlink()
 
 
+def _relocate(tmp: Path, folder: Path) -> None:
+    """Point the checkpoints' recorded ``output_dir`` at ``folder``, where they live once renamed.
+
+    Training wrote into the temporary folder and its ``training_state.json`` files record that path in their
+    config; nothing else in a stage names it (the history, ``run.json`` and the weights do not).
+    """
+    from qstar_lib.lm.checkpoint import STATE_JSON
+
+    for state in sorted(tmp.glob(f"checkpoint-*/{STATE_JSON}")):
+        meta = json.loads(state.read_text())
+        if meta.get("config", {}).get("output_dir") == str(tmp):
+            meta["config"]["output_dir"] = str(folder)
+            state.write_text(json.dumps(meta, indent=1))
+
+
+def _build(stage: str, p: ExperimentPreset, tmp: Path, folder: Path) -> None:
+    """Train ``stage`` into ``tmp`` (renamed onto ``folder`` afterwards): checkpoints, history, run info."""
+    import torch
+
+    if folder.exists():
+        _say(f"{folder} has no '{DONE}' marker (an interrupted run): training {stage} again")
+    _say(f"training {stage} for scale {scale.active_scale()} ({p.model_name}); caching in {folder}")
+    start = time.perf_counter()
+    hist = _train(stage, p, tmp)
+    seconds = time.perf_counter() - start
+    TRAIN_COUNTS[stage] += 1
+    _prune_training_state(tmp)
+    _relocate(tmp, folder)
+    (tmp / HISTORY).write_text(json.dumps(list(hist), indent=1))
+    info = {
+        "stage": stage, "seconds": seconds, "steps": p.sft_steps if stage == "sft" else p.dpo_steps,
+        "preset": dataclasses.asdict(p), "scale": scale.active_scale(), "device": scale.device(),
+        "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "machine": platform.machine(),
+    }
+    info["seconds_per_step"] = seconds / info["steps"]
+    (tmp / RUN_INFO).write_text(json.dumps(info, indent=1))
+    _say(f"{stage} done in {seconds:.1f} s")
+
+
 def _ensure(stage: str, p: ExperimentPreset) -> Path:
-    """Return the stage folder, training the stage first if it is missing or incomplete."""
+    """Return the stage folder, training the stage first (:func:`qstar_lib.cache.cached_folder`) if it is
+    missing or incomplete."""
     folder = stage_dir(stage, p)
-    if (folder / DONE).exists():
+    if is_complete(folder):
         return folder
     if stage == "dpo_sft":
         _ensure("sft", p)  # before taking this stage's lock: the SFT stage has its own
-    with file_lock(folder.with_name(folder.name + ".lock")):
-        if (folder / DONE).exists():  # built by another process while we waited
-            return folder
-        if folder.exists():
-            _say(f"{folder} has no '{DONE}' marker (an interrupted run): training {stage} again")
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True)
-        _say(f"training {stage} for scale {scale.active_scale()} ({p.model_name}); caching in {folder}")
-        start = time.perf_counter()
-        hist = _train(stage, p, folder)
-        seconds = time.perf_counter() - start
-        TRAIN_COUNTS[stage] += 1
-        _prune_training_state(folder)
-        (folder / HISTORY).write_text(json.dumps(list(hist), indent=1))
-        import torch
-
-        info = {
-            "stage": stage, "seconds": seconds, "steps": p.sft_steps if stage == "sft" else p.dpo_steps,
-            "preset": dataclasses.asdict(p), "scale": scale.active_scale(), "device": scale.device(),
-            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "machine": platform.machine(),
-        }
-        info["seconds_per_step"] = seconds / info["steps"]
-        (folder / RUN_INFO).write_text(json.dumps(info, indent=1))
-        (folder / DONE).write_text("ok\n")  # last: everything above is complete
-        _say(f"{stage} done in {seconds:.1f} s")
-    return folder
+    return cached_folder(folder, lambda tmp: _build(stage, p, tmp, folder))
 
 
 def _train(stage: str, p: ExperimentPreset, folder: Path):
@@ -325,7 +338,7 @@ def history(stage: str, p: ExperimentPreset | None = None):
     DPO columns are TRL's keys (``loss``, ``rewards/chosen``, ``rewards/rejected``, ``rewards/margins``,
     ``rewards/accuracies``, ``logps/chosen``, ``logps/rejected``, ``grad_norm``, ``learning_rate``...).
     """
-    from qstar_lib.lm.train import History
+    from qstar_lib.lm.train_config import History
 
     folder = _ensure(stage, _p(p))
     return History(json.loads((folder / HISTORY).read_text())).to_dataframe()
@@ -340,40 +353,3 @@ def ensure_all(p: ExperimentPreset | None = None) -> dict[str, Path]:
     """Train (or find in the cache) every stage of the active scale; returns the stage folders."""
     p = _p(p)
     return {stage: _ensure(stage, p) for stage in STAGES}
-
-
-# ----------------------------------------------------------------------------- measurements on the runs
-
-
-def eq16_per_state(policy, reference, tokenizer, records, beta: float, max_length: int = 512) -> list[dict]:
-    """Eq. 16 at every state along each record's *chosen* completion, for two trained models.
-
-    For each record (one forward per model, float64 log-softmax over the completion states only) returns
-    a dict of (T,) arrays, T = completion tokens + EOS:
-
-    - ``expected``: sum_a pi_ref(a|s) * beta * log(pi(a|s) / pi_ref(a|s)), an explicit sum over the vocabulary;
-    - ``neg_beta_kl``: -beta * KL(pi_ref(.|s) || pi(.|s)) from ``torch.distributions.kl_divergence``
-      (independent code: eq. 16 says the two are equal);
-    - ``realised``: beta * log(pi / pi_ref) of the chosen token itself (eq. 10; summed, it is the
-      ``rewards/chosen`` of this pair).
-    """
-    import torch
-
-    from qstar_lib.lm.collate import encode_sft
-
-    Categorical = torch.distributions.Categorical
-    out = []
-    for enc in encode_sft(records, tokenizer, max_length=max_length):
-        ids = torch.tensor([enc["input_ids"]])  # (1, L)
-        n_prompt, L = enc["n_prompt"], len(enc["input_ids"])
-        with torch.inference_mode():
-            pol = policy(ids.to(policy.device)).logits[0, n_prompt - 1 : L - 1].double().cpu()  # (T, V)
-            ref = reference(ids.to(reference.device)).logits[0, n_prompt - 1 : L - 1].double().cpu()  # (T, V)
-        lp_pol, lp_ref = pol.log_softmax(-1), ref.log_softmax(-1)  # (T, V) each
-        taken = ids[0, n_prompt:L]  # (T,) the chosen tokens (and EOS)
-        out.append({
-            "expected": (lp_ref.exp() * beta * (lp_pol - lp_ref)).sum(-1).numpy(),  # eq. 16, left side
-            "neg_beta_kl": (-beta * torch.distributions.kl_divergence(Categorical(logits=ref), Categorical(logits=pol))).numpy(),
-            "realised": (beta * (lp_pol - lp_ref)[torch.arange(len(taken)), taken]).numpy(),  # eq. 10
-        })
-    return out

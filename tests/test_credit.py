@@ -1,8 +1,10 @@
-"""qstar_lib.eval.credit: AUROC against the pairwise definition, hand-made localisation/stitching cases, the
-bootstrap, the table's shape, and an end-to-end run on the tiny model (policy == reference -> exactly chance)."""
+"""qstar_lib.eval.credit, .baselines, .credit_table: AUROC against the pairwise definition, hand-made
+localisation/stitching cases, the bootstrap, the table's shape, and an end-to-end run on the tiny model
+(policy == reference -> exactly chance)."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import warnings
@@ -13,28 +15,28 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from qstar_lib.data import LOCALISED_KINDS, synthetic_tldr, token_labels
+from qstar_lib.eval.baselines import DEFAULT_METHODS, credit_scores, random_scores, sft_surprisal, uniform_share
 from qstar_lib.eval.credit import (
-    DEFAULT_METHODS,
     MIN_BINS,
-    TABLE_KINDS,
     align_scores,
     auroc,
-    bootstrap_ci,
-    credit_report,
-    credit_scores,
-    credit_table,
-    credit_targets,
     error_token_auroc,
-    minimum_table,
     pair_accuracy,
-    random_scores,
-    sft_surprisal,
     stitching_rate,
     top1_localisation,
-    uniform_share,
     where_is_the_minimum,
 )
-from qstar_lib.data import synthetic_tldr
+from qstar_lib.eval.credit_table import (
+    SINGLE_KINDS,
+    TABLE_KINDS,
+    credit_report,
+    credit_table,
+    credit_targets,
+    minimum_table,
+)
+from qstar_lib.lm.collate import planted_labels
+from qstar_lib.stats import bootstrap_ci
 
 
 def brute_auroc(pos, neg) -> float:
@@ -239,27 +241,35 @@ def test_bootstrap_ci_contains_the_point_estimate_and_is_reproducible():
     labels = [rng.integers(0, 2, 12) | np.eye(12, dtype=int)[0] for _ in range(30)]
     scores = [rng.normal(0, 1, 12) - 0.8 * lab for lab in labels]
     for fn in (error_token_auroc, top1_localisation):
-        ci = bootstrap_ci(fn, scores, labels, n_boot=100, seed=1)
-        assert ci.lo <= ci.point <= ci.hi
-        assert ci.point == fn(scores, labels)
-        assert ci == bootstrap_ci(fn, scores, labels, n_boot=100, seed=1)
-    assert bootstrap_ci(error_token_auroc, scores, labels, n_boot=100, average="per_record").point == \
-        error_token_auroc(scores, labels, average="per_record")
+        lo, hi = bootstrap_ci(scores, labels, statistic=fn, n_boot=100, seed=1)
+        assert lo <= fn(scores, labels) <= hi
+        assert (lo, hi) == bootstrap_ci(scores, labels, statistic=fn, n_boot=100, seed=1)
+    per_record = functools.partial(error_token_auroc, average="per_record")
+    lo, hi = bootstrap_ci(scores, labels, statistic=per_record, n_boot=100)
+    assert lo <= per_record(scores, labels) <= hi
     with pytest.raises(ValueError, match="different lengths"):
-        bootstrap_ci(top1_localisation, scores, labels[:3])
+        bootstrap_ci(scores, labels[:3], statistic=top1_localisation)
+    with pytest.raises(ValueError, match="binomial"):
+        bootstrap_ci(scores, labels, statistic=top1_localisation, binomial=True)
 
 
 def test_fast_table_bootstrap_equals_the_generic_bootstrap():
-    from qstar_lib.eval.credit import _fast_bootstrap, _pairs
+    from qstar_lib.eval.credit import _pairs
+    from qstar_lib.eval.credit_table import _fast_bootstrap
 
     rng = np.random.default_rng(5)
     labels = [rng.integers(0, 2, n) | np.eye(n, dtype=int)[1] for n in rng.integers(4, 15, 25)]
     scores = [np.round(rng.normal(0, 1, len(lab) + 1), 1) - 0.5 * np.append(lab, 0) for lab in labels]  # ties, EOS
     fast_auroc, fast_top1 = _fast_bootstrap(_pairs(scores, labels), n_boot=60, seed=3)
-    slow_auroc = bootstrap_ci(error_token_auroc, scores, labels, n_boot=60, seed=3)
-    slow_top1 = bootstrap_ci(top1_localisation, scores, labels, n_boot=60, seed=3)
-    np.testing.assert_allclose(fast_auroc, slow_auroc, atol=1e-12)
-    np.testing.assert_allclose(fast_top1, slow_top1, atol=1e-12)
+    slow_auroc = bootstrap_ci(scores, labels, statistic=error_token_auroc, n_boot=60, seed=3)
+    slow_top1 = bootstrap_ci(scores, labels, statistic=top1_localisation, n_boot=60, seed=3)
+    np.testing.assert_allclose(fast_auroc, (error_token_auroc(scores, labels), *slow_auroc), atol=1e-12)
+    np.testing.assert_allclose(fast_top1, (top1_localisation(scores, labels), *slow_top1), atol=1e-12)
+
+
+def test_single_kinds_are_the_localised_kinds_in_table_order():
+    assert SINGLE_KINDS == ("absent_value", "inserted_claim", "in_post_swap")  # the columns the chapters glue
+    assert set(SINGLE_KINDS) == set(LOCALISED_KINDS) and TABLE_KINDS == SINGLE_KINDS + ("two_errors", "all")
 
 
 # ------------------------------------------------------------------------------------------------ table
@@ -271,7 +281,7 @@ def table_records():
 
 def test_credit_targets_and_table_shape_and_n(table_records, tiny_tokenizer):
     records, tok = table_records, tiny_tokenizer
-    targets = credit_targets(records, tok)
+    targets = credit_targets([planted_labels(r, tok) for r in records])
     for rec, t in zip(records, targets):
         assert t["n_tokens"] == len(tok(rec["rejected"], add_special_tokens=False).input_ids)
         assert len(t["error_labels"]) == rec["n_errors"]
@@ -309,9 +319,11 @@ def test_credit_targets_and_table_shape_and_n(table_records, tiny_tokenizer):
 
 
 def test_credit_table_checks_lengths(table_records, tiny_tokenizer):
-    targets = credit_targets(table_records, tiny_tokenizer)
+    targets = credit_targets([planted_labels(r, tiny_tokenizer) for r in table_records])
     with pytest.raises(ValueError, match="methods\\['x'\\] has 1 records"):
         credit_table({"x": [np.zeros(3)]}, targets)
+    with pytest.raises(KeyError, match="rejected_labels"):
+        credit_targets([{"rejected_rewards": [0.0]}])
 
 
 # ------------------------------------------------------------------------------------ end to end, tiny model
@@ -337,7 +349,12 @@ def tiny_scored():
 def test_end_to_end_policy_equal_to_reference_is_exactly_chance(tiny_scored):
     records, tok, ref, same, _ = tiny_scored
     assert all(v == 0.0 for row in same for v in row["rejected_rewards"])
-    df = credit_report(records, same, tok, sft_logps=ref)
+    for rec, target in zip(records, credit_targets(same)):  # the labels the rows carry: localised spans only
+        spans = sorted((e for e in rec["errors"] if e["kind"] in LOCALISED_KINDS and e["start"] >= 0),
+                       key=lambda e: e["start"])
+        np.testing.assert_array_equal(target["labels"], token_labels(rec["rejected"], spans, tok))
+        assert target["kind"] == rec["kind"] and target["error_kinds"] == [e["kind"] for e in spans]
+    df = credit_report(same, sft_logps=ref)
     assert (df.loc["dpo_reward", (slice(None), "auroc")] == 0.5).all()
     assert (df.loc["dpo_reward", (slice(None), "auroc_rec")] == 0.5).all()
     assert (df.loc["uniform_share", (slice(None), "auroc")] == 0.5).all()
@@ -349,7 +366,7 @@ def test_end_to_end_table_has_every_method_and_kind(tiny_scored):
     assert any(v != 0.0 for row in moved for v in row["rejected_rewards"])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # every record is localised: no warning
-        df = credit_report(records, moved, tok, sft_logps=ref, base_logps=ref, n_boot=20)
+        df = credit_report(moved, sft_logps=ref, base_logps=ref, n_boot=20)
     assert list(df.index) == list(DEFAULT_METHODS)
     assert df[("all", "n")].iloc[0] == len(records)
     for kind in TABLE_KINDS:

@@ -338,7 +338,8 @@ def test_sft_fields_and_the_entry_points_validate(bpe_tokenizer):
         validate_records({"prompt": "x"})
 
     from qstar_lib.lm.logps import pair_logps
-    from qstar_lib.lm.train import DPOConfig, SFTConfig, train_dpo, train_sft
+    from qstar_lib.lm.train import train_dpo, train_sft
+    from qstar_lib.lm.train_config import DPOConfig, SFTConfig
 
     same = [{"prompt": "POST: a. TL;DR:", "chosen": " a", "rejected": " a"}]
     for call in (lambda: train_dpo(None, None, bpe_tokenizer, same, DPOConfig(max_steps=1)),

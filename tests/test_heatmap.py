@@ -138,10 +138,12 @@ def test_figure_side_by_side_shares_one_scale(tiny_tokenizer):
 
 # ---------------------------------------------------------------------------------------------- explorer
 def fake_scored(records, tok):
-    """score_pairs-shaped rows with made-up rewards (no model needed)."""
+    """score_pairs-shaped rows with made-up rewards (no model needed), carrying the records' token labels."""
+    from qstar_lib.lm.collate import planted_labels
+
     rows = []
     for k, rec in enumerate(records):
-        row = {}
+        row = planted_labels(rec, tok)
         for side in ("chosen", "rejected"):
             ids = tok(rec[side], add_special_tokens=False).input_ids + [tok.eos_token_id]
             rewards = list(np.linspace(-0.2, 0.2, len(ids)) * (k + 1))
@@ -153,7 +155,7 @@ def fake_scored(records, tok):
 
 def test_pair_rows_label_only_rejected_errors(tiny_tokenizer):
     rec = fig1_example()
-    (t_c, toks_c, _, lab_c), (t_r, toks_r, _, lab_r) = pair_rows(rec, fake_scored([rec], tiny_tokenizer)[0], tiny_tokenizer)
+    (t_c, toks_c, _, lab_c), (t_r, toks_r, _, lab_r) = pair_rows(fake_scored([rec], tiny_tokenizer)[0], tiny_tokenizer)
     assert t_c.startswith("chosen") and t_r.startswith("rejected")
     assert sum(lab_c) == 0 and lab_r[-1] == 0 and toks_r[-1] == "⟨eos⟩"
     flagged = "".join(t for t, lab in zip(toks_r, lab_r) if lab)
@@ -166,7 +168,7 @@ def test_pair_explorer_builds_without_a_kernel(tiny_tokenizer):
     from qstar_lib.data import synthetic_tldr
 
     records = [fig1_example()] + synthetic_tldr(3, seed=0, split="test")
-    ui = pair_explorer(records, fake_scored(records, tiny_tokenizer), tiny_tokenizer)
+    ui = pair_explorer(fake_scored(records, tiny_tokenizer), tiny_tokenizer)
     assert isinstance(ui, w.VBox)
     pick, summary, both = ui.children
     assert isinstance(pick, w.Dropdown) and len(pick.options) == 4
@@ -176,5 +178,16 @@ def test_pair_explorer_builds_without_a_kernel(tiny_tokenizer):
     first = rejected.value
     pick.value = 2  # choosing another pair redraws both heatmaps and the summary
     assert rejected.value != first and records[2]["kind"] in summary.value
-    with pytest.raises(ValueError, match="4 pairs but scored has 1"):
-        pair_explorer(records, fake_scored(records[:1], tiny_tokenizer), tiny_tokenizer)
+    with pytest.raises(ValueError, match="at least one pair"):
+        pair_explorer([], tiny_tokenizer)
+
+
+def test_pair_rows_refuse_a_truncated_labelled_completion(tiny_tokenizer):
+    """One truncation policy with the credit metrics: a cut completion raises instead of hiding error tokens."""
+    rec = fig1_example()
+    row = fake_scored([rec], tiny_tokenizer)[0]
+    cut = {**row, "rejected_ids": row["rejected_ids"][:5], "rejected_rewards": row["rejected_rewards"][:5]}
+    with pytest.raises(ValueError, match="truncated"):
+        pair_rows(cut, tiny_tokenizer)
+    unlabelled = {k: v for k, v in cut.items() if not k.startswith("rejected_labels")}
+    assert sum(pair_rows(unlabelled, tiny_tokenizer)[1][3]) == 0  # a row without planted errors: nothing to hide

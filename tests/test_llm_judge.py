@@ -20,13 +20,14 @@ import pytest
 from qstar_lib import scale
 from qstar_lib.eval.llm_judge import (
     JUDGE_PROMPT,
+    Comparison,
     JudgeHTTPError,
     LLMJudge,
-    bootstrap_ci,
     build_prompt,
     parse_preference,
     summarize,
 )
+from qstar_lib.stats import bootstrap_ci
 
 KEY = "sk-test-Zq8VfKx3SECRET"
 POST = "I moved to a new city for a job and miss my friends. Should I go back?"
@@ -291,11 +292,14 @@ def test_bad_configuration_is_refused():
 
 def test_bootstrap_ci_is_seeded_and_brackets_the_rate():
     wins = [True] * 30 + [False] * 10
-    low, high = bootstrap_ci(wins, seed=1)
-    assert (low, high) == bootstrap_ci(wins, seed=1)
+    low, high = bootstrap_ci(wins, seed=1, binomial=True)
+    assert (low, high) == bootstrap_ci(wins, seed=1, binomial=True)
     assert 0.5 < low < 0.75 < high < 0.95
-    assert bootstrap_ci([True] * 5) == (1.0, 1.0)
-    assert all(x != x for x in bootstrap_ci([]))  # nan, nan
+    assert bootstrap_ci([True] * 5, binomial=True) == (1.0, 1.0)
+    assert all(x != x for x in bootstrap_ci([], binomial=True))  # nan, nan
+    comparisons = [Comparison("A", "win" if w else "loss") for w in wins]
+    summary = summarize(comparisons, seed=1)  # the judge's interval is this binomial bootstrap
+    assert (summary.ci_low, summary.ci_high) == (low, high)
 
 
 def test_bootstrap_ci_agrees_with_naive_resampling():
@@ -304,6 +308,7 @@ def test_bootstrap_ci_agrees_with_naive_resampling():
     wins = rng.random(60) < 0.6  # (N,)
     resampled = wins[rng.integers(0, wins.size, size=(20000, wins.size))].mean(axis=1)  # (n_boot,), naive
     naive = np.quantile(resampled, [0.025, 0.975])
-    assert np.allclose(bootstrap_ci(wins, n_boot=20000), naive, atol=0.02)
+    assert np.allclose(bootstrap_ci(wins, n_boot=20000, binomial=True), naive, atol=0.02)
+    assert np.allclose(bootstrap_ci(wins, n_boot=20000), naive, atol=0.02)  # the resampling bootstrap itself
     with pytest.raises(ValueError, match="True/False"):
-        bootstrap_ci([0.5, 1.0])
+        bootstrap_ci([0.5, 1.0], binomial=True)

@@ -7,11 +7,11 @@ import importlib.util
 import pytest
 import torch
 
+from qstar_lib.cache import cached_folder
 from qstar_lib.lm import models
 from qstar_lib.lm.models import (
     SMOLLM2_GGUF_SHA256,
     build_tiny_model,
-    cached_folder,
     clone_model,
     default_model_name,
     ensure_pad_token,

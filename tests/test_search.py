@@ -15,7 +15,14 @@ from qstar_lib.data import synthetic_tldr
 from qstar_lib.eval.judge import compare
 from qstar_lib.eval.sweep import SWEEP_COLUMNS, beam_sweep, best_of_n, best_of_n_comparison, implicit_rewards, plot_beam_sweep, summary_stats
 from qstar_lib.lm.decoding import _prompt_ids, first_paragraph, generate_summaries
-from qstar_lib.lm.value_search import _beam_search, _last_logits, compare_with_generate, likelihood_beam_search, value_guided_beam_search
+from qstar_lib.lm.value_search import (
+    _beam_search,
+    _last_logits,
+    compare_with_generate,
+    eq12_step_score,
+    likelihood_beam_search,
+    value_guided_beam_search,
+)
 from qstar_lib.stats import bootstrap_ci
 
 PROMPTS = [
@@ -285,3 +292,16 @@ def test_likelihood_search_matches_generate(eos_lm):
             compared += 1
             ended_early += c["ours"][-1] == tok.eos_token_id and len(c["ours"]) < 7
     assert compared >= 9 and ended_early >= 3  # EOS handling and the stopping rule were exercised
+
+
+def test_eq12_step_score_is_beta_log_pi_theta_and_a_zero_value():
+    """r_hat + beta log pi_ref = beta log pi_theta, and the soft value of r_hat is 0 (eq. 12 -> eq. 13)."""
+    gen = torch.Generator().manual_seed(0)
+    logp = torch.log_softmax(torch.randn(3, 11, generator=gen, dtype=torch.float64), -1)  # (W, V)
+    ref_logp = torch.log_softmax(torch.randn(3, 11, generator=gen, dtype=torch.float64), -1)  # (W, V)
+    score, value = eq12_step_score(logp, ref_logp, beta=0.3)
+    assert score.shape == (3, 11) and value.shape == (3,)
+    assert torch.allclose(score, 0.3 * logp, atol=1e-12, rtol=0)
+    assert float(value.abs().max()) < 1e-12
+    with pytest.raises(ValueError, match="vocabulary"):
+        eq12_step_score(logp, ref_logp[:, :5], beta=0.3)

@@ -44,7 +44,8 @@ def _trl_first_step(policy, ref, tokenizer, records, tmp_path, beta: float) -> d
 
 
 def test_rewards_and_loss_match_trl(policy_and_ref, pair_records, tmp_path):
-    from qstar_lib.lm.train import DPOConfig, train_dpo
+    from qstar_lib.lm.train import train_dpo
+    from qstar_lib.lm.train_config import DPOConfig
 
     policy, ref, tokenizer = policy_and_ref
     beta = 0.3

@@ -1,5 +1,5 @@
-"""Measuring what the models do: credit-assignment metrics, token heatmaps, the gold judge, the LLM judge and
-its local server, the Figure 2 beam sweep and best-of-n.
+"""Measuring what the models do: credit-assignment metrics, their baselines and table, token heatmaps, the
+gold judge, the LLM judge and its local server, the Figure 2 beam sweep and best-of-n.
 
 Names are exported lazily (PEP 562): ``from qstar_lib.eval import X`` loads only the module that
 defines ``X``."""
@@ -10,29 +10,28 @@ import importlib
 
 #: exported name -> the module of this package that defines it
 _EXPORTS = {
-    "CI": "credit",
-    "DEFAULT_METHODS": "credit",
+    "DEFAULT_METHODS": "baselines",
+    "base_surprisal": "baselines",
+    "credit_scores": "baselines",
+    "random_scores": "baselines",
+    "sft_surprisal": "baselines",
+    "surprisal_scores": "baselines",
+    "uniform_share": "baselines",
     "MIN_BINS": "credit",
-    "SINGLE_KINDS": "credit",
-    "TABLE_KINDS": "credit",
     "align_scores": "credit",
     "auroc": "credit",
-    "base_surprisal": "credit",
-    "bootstrap_ci": "credit",
-    "credit_report": "credit",
-    "credit_scores": "credit",
-    "credit_table": "credit",
-    "credit_targets": "credit",
     "error_token_auroc": "credit",
-    "minimum_table": "credit",
     "pair_accuracy": "credit",
-    "random_scores": "credit",
-    "sft_surprisal": "credit",
     "stitching_rate": "credit",
-    "surprisal_scores": "credit",
     "top1_localisation": "credit",
-    "uniform_share": "credit",
     "where_is_the_minimum": "credit",
+    "CI": "credit_table",
+    "SINGLE_KINDS": "credit_table",
+    "TABLE_KINDS": "credit_table",
+    "credit_report": "credit_table",
+    "credit_table": "credit_table",
+    "credit_targets": "credit_table",
+    "minimum_table": "credit_table",
     "HeatmapHTML": "heatmap",
     "display_token": "heatmap",
     "pair_explorer": "heatmap",
@@ -79,13 +78,13 @@ _EXPORTS = {
     "plot_beam_sweep": "sweep",
     "summary_stats": "sweep",
 }
-__all__ = sorted(_EXPORTS) + ['credit', 'heatmap', 'judge', 'llm_judge', 'judge_server', 'sweep']
+__all__ = sorted(_EXPORTS) + ['baselines', 'credit', 'credit_table', 'heatmap', 'judge', 'llm_judge', 'judge_server', 'sweep']
 
 
 def __getattr__(name: str):
     if name in _EXPORTS:
         return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    if name in ('credit', 'heatmap', 'judge', 'llm_judge', 'judge_server', 'sweep'):
+    if name in ('baselines', 'credit', 'credit_table', 'heatmap', 'judge', 'llm_judge', 'judge_server', 'sweep'):
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

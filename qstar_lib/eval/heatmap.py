@@ -22,6 +22,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from qstar_lib.eval.credit import align_scores
 from qstar_lib.plots import REWARD_CMAP
 
 __all__ = ["HeatmapHTML", "display_token", "pair_explorer", "pair_rows", "score_color", "show_token_heatmap",
@@ -187,6 +188,42 @@ def _layout(tokens: Sequence[str], width_in: float, fontsize: float, measure) ->
     return out, (max(p[0] for p in out) + 1 if out else 1)
 
 
+def _checked_panels(rows: Sequence[tuple]) -> list[tuple]:
+    """``(title, tokens, scores, labels)`` panels, checked: scores as a float array, labels as 0/1 ints."""
+    if not rows:
+        raise ValueError("token_heatmap_figure needs at least one panel")
+    panels = []
+    for i, row in enumerate(rows):
+        if len(row) != 4:
+            raise ValueError(f"rows[{i}] must be (title, tokens, scores, labels), got {len(row)} items")
+        title, tokens, scores, labels = row
+        s, lab = _check(tokens, scores, labels)
+        panels.append((str(title), list(tokens), s, lab))
+    return panels
+
+
+def _draw_panel(ax, panel: tuple, placed: list[tuple], *, width: float, height: float, title_h: float, line_h: float,
+                box_h: float, fontsize: float, vmax: float, show_values: bool) -> None:
+    """One panel of :func:`token_heatmap_figure`: its title, then the placed token boxes (units: inches)."""
+    from matplotlib.patches import Rectangle
+
+    title, _, s, lab = panel
+    ax.set_xlim(0, width)
+    ax.set_ylim(height, 0)  # inches from the top of the panel
+    ax.axis("off")
+    ax.text(0, title_h * 0.45, title, fontsize=fontsize + 1, fontweight="bold", va="center", ha="left")
+    for (line, x, w, body), v, is_err in zip(placed, s, lab):
+        y = title_h + line * line_h
+        bg, fg = score_color(float(v), vmax)
+        ax.add_patch(Rectangle((x, y), w, box_h, facecolor=bg, edgecolor="white", linewidth=0.6))
+        ax.text(x + w / 2, y + box_h / 2, body, fontsize=fontsize, color=fg, ha="center", va="center_baseline")
+        if is_err:
+            ax.plot([x, x + w], [y + box_h + 0.03] * 2, color="black", linewidth=1.8, solid_capstyle="butt")
+        if show_values:
+            ax.text(x + w / 2, y + box_h + 0.1, f"{v:+.2f}", fontsize=fontsize * 0.55, color="#444",
+                    ha="center", va="center")
+
+
 def token_heatmap_figure(rows: Sequence[tuple], *, ncols: int | None = None, vmax: float | None = None,
                          panel_width: float = 5.6, fontsize: float = 10.0, show_values: bool = False,
                          cbar_label: str = r"per-token score  $\beta \log \pi_\theta / \pi_{\mathrm{ref}}$",
@@ -210,19 +247,10 @@ def token_heatmap_figure(rows: Sequence[tuple], *, ncols: int | None = None, vma
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
     from matplotlib.font_manager import FontProperties
-    from matplotlib.patches import Rectangle
 
     from qstar_lib import plots
 
-    if not rows:
-        raise ValueError("token_heatmap_figure needs at least one panel")
-    panels = []
-    for i, row in enumerate(rows):
-        if len(row) != 4:
-            raise ValueError(f"rows[{i}] must be (title, tokens, scores, labels), got {len(row)} items")
-        title, tokens, scores, labels = row
-        s, lab = _check(tokens, scores, labels)
-        panels.append((str(title), list(tokens), s, lab))
+    panels = _checked_panels(rows)
     vm = _vmax(np.concatenate([p[2] for p in panels]), vmax)
     ncols = ncols or (2 if len(panels) == 2 else 1)
     nrows = math.ceil(len(panels) / ncols)
@@ -254,24 +282,10 @@ def token_heatmap_figure(rows: Sequence[tuple], *, ncols: int | None = None, vma
             j = r * ncols + c
             if j >= len(panels):
                 break
-            title, _, s, lab = panels[j]
-            placed, _ = layouts[j]
             x0 = margin + c * (panel_width + gap_x)
             ax = fig.add_axes((x0 / W, 1 - (top + grid_h[r]) / H, panel_width / W, grid_h[r] / H))
-            ax.set_xlim(0, panel_width)
-            ax.set_ylim(grid_h[r], 0)  # inches from the top of the panel
-            ax.axis("off")
-            ax.text(0, title_h * 0.45, title, fontsize=fontsize + 1, fontweight="bold", va="center", ha="left")
-            for (line, x, w, body), v, is_err in zip(placed, s, lab):
-                y = title_h + line * line_h
-                bg, fg = score_color(float(v), vm)
-                ax.add_patch(Rectangle((x, y), w, box_h, facecolor=bg, edgecolor="white", linewidth=0.6))
-                ax.text(x + w / 2, y + box_h / 2, body, fontsize=fontsize, color=fg, ha="center", va="center_baseline")
-                if is_err:
-                    ax.plot([x, x + w], [y + box_h + 0.03] * 2, color="black", linewidth=1.8, solid_capstyle="butt")
-                if show_values:
-                    ax.text(x + w / 2, y + box_h + 0.1, f"{v:+.2f}", fontsize=fontsize * 0.55, color="#444",
-                            ha="center", va="center")
+            _draw_panel(ax, panels[j], layouts[j][0], width=panel_width, height=grid_h[r], title_h=title_h,
+                        line_h=line_h, box_h=box_h, fontsize=fontsize, vmax=vm, show_values=show_values)
         top += grid_h[r] + gap_y
     cw = min(4.0, W - 2 * margin)
     cax = fig.add_axes(((W - cw) / 2 / W, (margin + 0.38) / H, cw / W, 0.12 / H))
@@ -288,15 +302,15 @@ def token_heatmap_figure(rows: Sequence[tuple], *, ncols: int | None = None, vma
 # ---------------------------------------------------------------------------------------------------
 # Scored pairs -> panels, and the explorer
 # ---------------------------------------------------------------------------------------------------
-def pair_rows(record: Mapping, scored_row: Mapping, tokenizer, *, key: str = "rewards") -> list[tuple]:
+def pair_rows(scored_row: Mapping, tokenizer, *, key: str = "rewards") -> list[tuple]:
     """The two panels ``(title, tokens, scores, labels)`` of one pair: chosen, then rejected.
 
     ``scored_row`` is one :func:`qstar_lib.lm.logps.score_pairs` row (``{side}_ids``, ``{side}_{key}``,
     ``{side}_reward``); tokens come from its ids (the EOS included, shown as ``⟨eos⟩``, never labelled).
-    Rejected tokens are labelled with :func:`qstar_lib.data.token_labels` of the record's ``errors``.
+    Rejected tokens are labelled with the row's ``rejected_labels`` (a planted-error record's, see
+    :func:`qstar_lib.lm.collate.planted_labels`), with the credit metrics' policy: a completion cut by
+    ``max_length`` raises (:func:`qstar_lib.eval.credit.align_scores`) instead of hiding error tokens.
     """
-    from qstar_lib.data import token_labels
-
     out = []
     for side in ("chosen", "rejected"):
         ids = list(scored_row[f"{side}_ids"])
@@ -304,18 +318,17 @@ def pair_rows(record: Mapping, scored_row: Mapping, tokenizer, *, key: str = "re
         if len(scores) != len(ids):
             raise ValueError(f"{side}_{key} has {len(scores)} values for {len(ids)} ids")
         lab = [0] * len(ids)
-        if side == "rejected" and record.get("errors"):
-            text_labels = token_labels(record["rejected"], record["errors"], tokenizer)
-            n = min(len(text_labels), len(ids))  # ids may end with EOS, or stop early when truncated
-            lab[:n] = text_labels[:n]
+        if side == "rejected" and "rejected_labels" in scored_row:
+            labels = [int(v) for v in scored_row["rejected_labels"]]
+            align_scores(scores, len(labels), record=scored_row.get("id"))  # ids: the labelled tokens (+ EOS)
+            lab[: len(labels)] = labels
         total = scored_row.get(f"{side}_reward", float(np.sum(scores)))
         out.append((f"{side}   (sum {total:+.3f})", tokens_from_ids(tokenizer, ids), scores, lab))
     return out
 
 
-def pair_explorer(records: Sequence[Mapping], scored: Sequence[Mapping], tokenizer, *, vmax: float | None = None,
-                  index: int = 0):
-    """An ipywidgets browser over scored pairs: pick a pair, see both heatmaps and the rewards.
+def pair_explorer(scored: Sequence[Mapping], tokenizer, *, vmax: float | None = None, index: int = 0):
+    """An ipywidgets browser over :func:`qstar_lib.lm.logps.score_pairs` rows: pick a pair, see both heatmaps.
 
     A ``Dropdown`` (``"i: kind (id)"``) selects the pair; below it an ``HTML`` summary (kind, planted
     values, chosen/rejected sequence rewards, margin) and the chosen and rejected heatmaps side by side
@@ -324,25 +337,23 @@ def pair_explorer(records: Sequence[Mapping], scored: Sequence[Mapping], tokeniz
     """
     import ipywidgets as w
 
-    if len(records) != len(scored):
-        raise ValueError(f"records has {len(records)} pairs but scored has {len(scored)}")
-    if not records:
+    if not scored:
         raise ValueError("pair_explorer needs at least one pair")
     if vmax is None:
         every = np.concatenate([np.abs(r[f"{s}_rewards"]) for r in scored for s in ("chosen", "rejected")] + [[0.0]])
         vmax = _vmax(every, None)
-    options = [(f"{i}: {rec.get('kind', '?')} ({rec.get('id', i)})", i) for i, rec in enumerate(records)]
+    options = [(f"{i}: {row.get('kind', '?')} ({row.get('id', i)})", i) for i, row in enumerate(scored)]
     pick = w.Dropdown(options=options, value=index, description="pair", layout=w.Layout(width="420px"))
     summary = w.HTML()
     chosen = w.HTML(layout=w.Layout(width="50%"))
     rejected = w.HTML(layout=w.Layout(width="50%"))
 
     def show(i: int) -> None:
-        rec, row = records[i], scored[i]
-        panels = pair_rows(rec, row, tokenizer)
-        planted = [f"{e.get('planted', '')!r} ({e['kind']})" for e in rec.get("errors", []) if e.get("start", -1) >= 0]
+        row = scored[i]
+        panels = pair_rows(row, tokenizer)
+        planted = [f"{e.get('planted', '')!r} ({e['kind']})" for e in row.get("rejected_errors", [])]
         margin = row.get("margin", row["chosen_reward"] - row["rejected_reward"])
-        summary.value = (f"<b>{html.escape(str(rec.get('kind', '')))}</b> &nbsp; planted: "
+        summary.value = (f"<b>{html.escape(str(row.get('kind', '')))}</b> &nbsp; planted: "
                          f"{html.escape(', '.join(planted) or 'none')} &nbsp; | &nbsp; chosen reward "
                          f"{row['chosen_reward']:+.3f}, rejected reward {row['rejected_reward']:+.3f}, "
                          f"margin {margin:+.3f}")

@@ -41,7 +41,7 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
+from qstar_lib.stats import bootstrap_ci
 
 log = logging.getLogger(__name__)
 
@@ -111,27 +111,6 @@ def parse_preference(answer: str) -> str | None:
     return None
 
 
-def bootstrap_ci(
-    wins: Sequence[bool] | np.ndarray, *, confidence: float = 0.95, n_boot: int = 2000, seed: int = 0
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of a win rate (resampling comparisons with replacement).
-
-    ``(nan, nan)`` for no decided comparisons. Seeded, so the same outcomes give the same interval.
-    """
-    wins = np.asarray(wins, dtype=float)  # (N,)
-    if wins.size == 0:
-        return float("nan"), float("nan")
-    if not np.isin(wins, (0.0, 1.0)).all():
-        raise ValueError("wins must hold only True/False (1/0) outcomes")
-    rng = np.random.default_rng(seed)
-    # the number of wins in a resample of N 0/1 outcomes is Binomial(N, observed rate): same distribution
-    # as indexing with replacement, without an (n_boot, N) array
-    rates = rng.binomial(wins.size, wins.mean(), size=n_boot) / wins.size  # (n_boot,)
-    alpha = (1.0 - confidence) / 2.0
-    low, high = np.quantile(rates, [alpha, 1.0 - alpha])
-    return float(low), float(high)
-
-
 @dataclass(frozen=True)
 class Comparison:
     """One judged pair. ``candidate_side`` is where the candidate was shown ("A" or "B").
@@ -192,7 +171,8 @@ def summarize(
             raise ValueError(f"comparison {i}: outcome {c.outcome!r} is not one of {OUTCOMES}")
     decided = [c.candidate_won for c in comparisons if c.candidate_won is not None]
     n_wins = int(sum(decided))
-    low, high = bootstrap_ci(decided, confidence=confidence, n_boot=n_boot, seed=seed)
+    # decided outcomes are 0/1: the binomial shortcut of the bootstrap (no (n_boot, N) array)
+    low, high = bootstrap_ci(decided, confidence=confidence, n_boot=n_boot, seed=seed, binomial=True)
     return JudgeSummary(
         win_rate=n_wins / len(decided) if decided else float("nan"),
         n=len(decided),

@@ -12,20 +12,17 @@ It knows nothing about training: it is handed models and a judge function.
 
 from __future__ import annotations
 
-import contextlib
-import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from qstar_lib.eval.judge import compare as gold_compare
-from qstar_lib.lm.collate import pad_token_id, record_field
-from qstar_lib.lm.decoding import PAPER_TOP_K, _prompt_ids, generate_summaries
+from qstar_lib.lm.collate import encode_completion, pad_batch, pad_token_id, record_field
+from qstar_lib.lm.decoding import PAPER_TOP_K, generate_summaries
+from qstar_lib.lm.logps import model_device, per_token_logps, per_token_rewards, sequence_logps
 from qstar_lib.lm.models import eval_mode
-from qstar_lib.lm.logps import model_device, per_token_logps, sequence_logps
 from qstar_lib.plots import COLORS, new_figure
 from qstar_lib.stats import bootstrap_ci
 
@@ -233,7 +230,8 @@ def implicit_rewards(policy, ref_model, tokenizer, prompts: Sequence[str], compl
             for m in (policy, ref_model):
                 b = {k: v.to(model_device(m)) for k, v in batch.items()}
                 sums.append(sequence_logps(per_token_logps(m, **b).double(), b["completion_mask"]).cpu())  # (B,)
-            out.extend((beta * (sums[0] - sums[1])).tolist())
+            rewards = per_token_rewards(sums[0], sums[1], torch.ones_like(sums[0], dtype=torch.bool), beta)  # (B,)
+            out.extend(rewards.tolist())  # eq. 10 on the summed log-probs: the sequence reward
     return out
 
 

@@ -23,7 +23,6 @@ _EXPORTS = {
     "rng_state_from_flat": "checkpoint",
     "rng_state_to_flat": "checkpoint",
     "save_checkpoint": "checkpoint",
-    "ENCODED_KEYS": "collate",
     "collate_pairs": "collate",
     "collate_shared_prompt": "collate",
     "encode_completion": "collate",
@@ -31,10 +30,14 @@ _EXPORTS = {
     "encode_sft": "collate",
     "pad_batch": "collate",
     "pad_token_id": "collate",
+    "planted_labels": "collate",
     "record_field": "collate",
     "PAPER_TOP_K": "decoding",
     "first_paragraph": "decoding",
     "generate_summaries": "decoding",
+    "PairScorer": "logps",
+    "eq16_per_state": "logps",
+    "forward_accepts": "logps",
     "logits_as_soft_q": "logps",
     "model_device": "logps",
     "pair_logps": "logps",
@@ -45,6 +48,7 @@ _EXPORTS = {
     "sequence_logps": "logps",
     "shared_prompt_logps": "logps",
     "shared_prompt_per_token_logps": "logps",
+    "stacked_pair_logps": "logps",
     "supports_shared_prompt": "logps",
     "OFFLINE_DEFAULT": "models",
     "SMOLLM2_GGUF": "models",
@@ -58,12 +62,10 @@ _EXPORTS = {
     "TINY_VERSION": "models",
     "TINY_VOCAB_SIZE": "models",
     "build_tiny_model": "models",
-    "cached_folder": "models",
     "clone_model": "models",
     "default_model_name": "models",
     "ensure_pad_token": "models",
     "eval_mode": "models",
-    "file_lock": "models",
     "hub_reachable": "models",
     "load_model": "models",
     "load_tokenizer": "models",
@@ -74,6 +76,7 @@ _EXPORTS = {
     "smollm2_gguf_path": "models",
     "tiny_cache_path": "models",
     "tiny_folder": "models",
+    "train_mode": "models",
     "train_tiny_tokenizer": "models",
     "verify_sha256": "models",
     "ProxyTuningLogitsProcessor": "proxy",
@@ -93,31 +96,30 @@ _EXPORTS = {
     "random_pairs": "throughput",
     "step_flops": "throughput",
     "training_state_bytes": "throughput",
-    "DPOConfig": "train",
-    "History": "train",
-    "MIXED_PRECISION": "train",
-    "OPTIMIZERS": "train",
-    "SCHEDULERS": "train",
-    "SFTConfig": "train",
-    "TrainConfig": "train",
-    "config_from_dict": "train",
-    "history_to_dataframe": "train",
+    "DPOConfig": "train_config",
+    "History": "train_config",
+    "MIXED_PRECISION": "train_config",
+    "OPTIMIZERS": "train_config",
+    "SCHEDULERS": "train_config",
+    "SFTConfig": "train_config",
+    "TrainConfig": "train_config",
     "precompute_ref_logps": "train",
     "train_dpo": "train",
     "train_sft": "train",
     "BeamSearchResult": "value_search",
     "compare_with_generate": "value_search",
+    "eq12_step_score": "value_search",
     "hf_beam_search": "value_search",
     "likelihood_beam_search": "value_search",
     "value_guided_beam_search": "value_search",
 }
-__all__ = sorted(_EXPORTS) + ['models', 'collate', 'logps', 'train', 'checkpoint', 'decoding', 'value_search', 'proxy', 'throughput']
+__all__ = sorted(_EXPORTS) + ['models', 'collate', 'logps', 'train', 'train_config', 'loop', 'checkpoint', 'decoding', 'value_search', 'proxy', 'throughput']
 
 
 def __getattr__(name: str):
     if name in _EXPORTS:
         return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    if name in ('models', 'collate', 'logps', 'train', 'checkpoint', 'decoding', 'value_search', 'proxy', 'throughput'):
+    if name in ('models', 'collate', 'logps', 'train', 'train_config', 'loop', 'checkpoint', 'decoding', 'value_search', 'proxy', 'throughput'):
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

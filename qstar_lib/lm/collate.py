@@ -27,17 +27,6 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-#: Keys of one encoded completion (the output of :func:`encode_completion`).
-ENCODED_KEYS = (
-    "input_ids",
-    "completion_mask",
-    "n_prompt",
-    "n_completion",
-    "has_eos",
-    "n_prompt_truncated",
-    "n_completion_truncated",
-)
-
 
 def _token_ids(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False).input_ids)
@@ -113,6 +102,32 @@ def record_field(record: Mapping, index: int, name: str) -> str:
     if not isinstance(value, str):
         raise TypeError(f"record {index} field {name!r} must be a str, got {type(value).__name__}")
     return value
+
+
+def planted_labels(record: Mapping, tokenizer) -> dict:
+    """The token labels of a record's planted errors, computed once, to travel with its scored row.
+
+    One rule for every reader (the credit metrics, the heatmaps): a token of the *rejected* completion,
+    ``tokenizer(rejected, add_special_tokens=False)``, is labelled when it shows part of a *localised* error
+    span (:data:`qstar_lib.data.LOCALISED_KINDS`, ``start >= 0``; see :func:`qstar_lib.data.token_labels`).
+    Returns ``rejected_labels`` (list[int], the union of the spans, one per completion token, no EOS),
+    ``rejected_error_labels`` (one such list per localised error, in span order), ``rejected_errors`` (those
+    errors, in the same order), and the record's ``id`` and ``kind`` when it has them. The labels cover the
+    whole completion: a reader whose scores stop early (a completion cut by ``max_length``) raises
+    (:func:`qstar_lib.eval.credit.align_scores`) instead of losing error tokens.
+    """
+    from qstar_lib.data import LOCALISED_KINDS, token_labels
+
+    if "errors" not in record:
+        raise KeyError(f"record (id {record.get('id')}) has no field 'errors': token labels need planted-error records")
+    errors = sorted((e for e in record["errors"] if e["kind"] in LOCALISED_KINDS and e["start"] >= 0),
+                    key=lambda e: e["start"])
+    rejected = record["rejected"]
+    out = {k: record[k] for k in ("id", "kind") if k in record}
+    out["rejected_labels"] = token_labels(rejected, errors, tokenizer)
+    out["rejected_error_labels"] = [token_labels(rejected, [e], tokenizer) for e in errors]
+    out["rejected_errors"] = [dict(e) for e in errors]
+    return out
 
 
 def _warn_truncations(encoded: Sequence[dict], what: str, max_length: int) -> None:

@@ -16,17 +16,14 @@ leading blank lines replaced by the single leading space TL;DR completions carry
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
 from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-from qstar_lib.lm.collate import encode_completion, pad_batch, pad_token_id, record_field
-from qstar_lib.lm.logps import model_device, per_token_logps, sequence_logps
+from qstar_lib.lm.collate import pad_batch, pad_token_id
+from qstar_lib.lm.logps import model_device
 from qstar_lib.lm.models import eval_mode
 
 #: The paper's sampling parameters (Appendix G / the PPO comparison): temperature 1 and top-k 50.
@@ -158,22 +155,8 @@ def generate_summaries(
     """
     from tqdm.auto import tqdm
 
-    if isinstance(prompts, str):
-        raise TypeError("prompts must be a sequence of str, not one str")
-    if num_beams < 1:
-        raise ValueError(f"num_beams must be >= 1, got {num_beams}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if do_sample and temperature <= 0:
-        raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
-    if num_return_sequences < 1:
-        raise ValueError(f"num_return_sequences must be >= 1, got {num_return_sequences}")
-    if num_beams > 1 and num_return_sequences > num_beams:
-        raise ValueError(f"num_return_sequences ({num_return_sequences}) must be <= num_beams ({num_beams})")
-    if num_beams == 1 and not do_sample and num_return_sequences > 1:
-        raise ValueError("greedy decoding returns one sequence per prompt; sample or use beams for more")
+    _check_generation(prompts, num_beams=num_beams, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                      do_sample=do_sample, temperature=temperature, num_return_sequences=num_return_sequences)
     encoded = []
     for i, prompt in enumerate(prompts):
         ids = _prompt_ids(tokenizer, prompt, what=f"prompts[{i}]")
@@ -190,25 +173,59 @@ def generate_summaries(
         n_batches = math.ceil(len(encoded) / batch_size)
         for b in tqdm(range(n_batches), desc=f"generate (beams={num_beams})", disable=not progress):
             chunk = encoded[b * batch_size : (b + 1) * batch_size]
-            batch = pad_batch(chunk, pad_token_id(tokenizer), padding_side="left")
-            width = batch["input_ids"].shape[1]
-            extra = {}
-            if stop_at_newline:
-                extra["stopping_criteria"] = StoppingCriteriaList([_NewParagraphStop(tokenizer, width)])
-            if logits_processors is not None:
-                extra["logits_processor"] = LogitsProcessorList(logits_processors(batch["attention_mask"]))
-            input_ids = batch["input_ids"].to(device)  # (B, T)
-            attention_mask = batch["attention_mask"].to(device)  # (B, T)
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode():
-                if share_prefill and rows_per_prompt > 1 and width > 1:
-                    extra["past_key_values"] = _shared_prefill(model, input_ids, attention_mask, rows_per_prompt)
-                torch.manual_seed(seed + b)
-                generated = model.generate(
-                    input_ids=input_ids, attention_mask=attention_mask, generation_config=config, **extra,
-                )  # (B, T + new)
-            for row in generated[:, width:].cpu():
-                text = tokenizer.decode(row, skip_special_tokens=True)
-                out.append(first_paragraph(text) if stop_at_newline else text.rstrip())
+            out += _generate_batch(model, tokenizer, chunk, config, device, seed=seed + b,
+                                   stop_at_newline=stop_at_newline, logits_processors=logits_processors,
+                                   prefill_rows=rows_per_prompt if share_prefill else 1)
+    return out
+
+
+def _check_generation(prompts, *, num_beams: int, batch_size: int, max_new_tokens: int, do_sample: bool,
+                      temperature: float, num_return_sequences: int) -> None:
+    """The argument checks of :func:`generate_summaries` (an error naming the argument)."""
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a sequence of str, not one str")
+    if num_beams < 1:
+        raise ValueError(f"num_beams must be >= 1, got {num_beams}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if do_sample and temperature <= 0:
+        raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
+    if num_return_sequences < 1:
+        raise ValueError(f"num_return_sequences must be >= 1, got {num_return_sequences}")
+    if num_beams > 1 and num_return_sequences > num_beams:
+        raise ValueError(f"num_return_sequences ({num_return_sequences}) must be <= num_beams ({num_beams})")
+    if num_beams == 1 and not do_sample and num_return_sequences > 1:
+        raise ValueError("greedy decoding returns one sequence per prompt; sample or use beams for more")
+
+
+def _generate_batch(model, tokenizer, chunk: list[dict], config, device: torch.device, *, seed: int,
+                    stop_at_newline: bool, logits_processors, prefill_rows: int) -> list[str]:
+    """One left-padded batch of :func:`generate_summaries` through ``generate``: its completions, as text.
+
+    ``prefill_rows`` > 1 shares the prompt's prefill across that many rows per prompt (:func:`_shared_prefill`).
+    """
+    batch = pad_batch(chunk, pad_token_id(tokenizer), padding_side="left")
+    width = batch["input_ids"].shape[1]
+    extra = {}
+    if stop_at_newline:
+        extra["stopping_criteria"] = StoppingCriteriaList([_NewParagraphStop(tokenizer, width)])
+    if logits_processors is not None:
+        extra["logits_processor"] = LogitsProcessorList(logits_processors(batch["attention_mask"]))
+    input_ids = batch["input_ids"].to(device)  # (B, T)
+    attention_mask = batch["attention_mask"].to(device)  # (B, T)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode():
+        if prefill_rows > 1 and width > 1:
+            extra["past_key_values"] = _shared_prefill(model, input_ids, attention_mask, prefill_rows)
+        torch.manual_seed(seed)
+        generated = model.generate(
+            input_ids=input_ids, attention_mask=attention_mask, generation_config=config, **extra,
+        )  # (B, T + new)
+    out = []
+    for row in generated[:, width:].cpu():
+        text = tokenizer.decode(row, skip_special_tokens=True)
+        out.append(first_paragraph(text) if stop_at_newline else text.rstrip())
     return out
 
 

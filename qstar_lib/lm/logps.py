@@ -16,8 +16,9 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from qstar_lib.lm.collate import collate_pairs, collate_shared_prompt, encode_pairs, pad_token_id
 from qstar_lib.data import validate_records
+from qstar_lib.lm.collate import collate_pairs, collate_shared_prompt, encode_pairs, pad_token_id, planted_labels
+from qstar_lib.lm.models import eval_mode
 
 
 def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -47,8 +48,11 @@ def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Te
     return torch.stack(rows)  # (B, T)
 
 
-def _accepts(model, name: str) -> bool:
-    """Whether ``model.forward`` takes keyword ``name`` (looking through DDP-style ``.module`` wrappers)."""
+def forward_accepts(model, name: str) -> bool:
+    """Whether ``model.forward`` takes keyword ``name`` (looking through DDP-style ``.module`` wrappers).
+
+    The one signature probe of the library: optional arguments (``logits_to_keep``, ``position_ids``,
+    ``use_cache``) are passed only to models that take them."""
     inner = getattr(model, "module", model)
     try:
         return name in inspect.signature(inner.forward).parameters
@@ -95,7 +99,7 @@ def per_token_logps(
     keep = T - start + 1
     kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
     optional = {"position_ids": position_ids, "logits_to_keep": keep, "use_cache": False}  # no KV cache needed
-    kwargs.update({k: v for k, v in optional.items() if _accepts(model, k)})
+    kwargs.update({k: v for k, v in optional.items() if forward_accepts(model, k)})
     logits = model(**kwargs).logits  # (B, keep or T, V)
     logits = logits[:, -keep:-1]  # (B, T - start, V): predictions for columns start..T-1
     logps = selective_log_softmax(logits, input_ids[:, start:])  # (B, T - start)
@@ -118,8 +122,10 @@ def per_token_rewards(
 ) -> torch.Tensor:
     """The implicit per-token reward beta * log(pi_theta / pi_ref) on completion tokens (eq. 10), else 0.
 
-    All arguments (B, T); returns (B, T). Summed over a completion it is the sequence reward
-    ``beta * (log pi_theta(y|x) - log pi_ref(y|x))`` that DPO's loss compares (TRL's ``rewards/chosen``).
+    All arguments (B, T); returns (B, T) (it is elementwise: any one shape works). Summed over a completion
+    it is the sequence reward ``beta * (log pi_theta(y|x) - log pi_ref(y|x))`` that DPO's loss compares
+    (TRL's ``rewards/chosen``); given summed log-probs it is that sequence reward directly. The library's
+    one implementation of eq. 10: score pairs, states of eq. 16, eq. 12's step score and best-of-n use it.
     """
     mask = completion_mask.bool()
     return torch.where(mask, beta * (policy_logps - ref_logps), torch.zeros_like(policy_logps))  # (B, T)
@@ -184,7 +190,7 @@ def shared_prompt_per_token_logps(model, batch: Mapping[str, torch.Tensor]) -> t
     kwargs = dict(input_ids=batch["input_ids"], attention_mask=visible, position_ids=batch["position_ids"],
                   use_cache=False)
     offset = 0
-    if _accepts(model, "logits_to_keep"):
+    if forward_accepts(model, "logits_to_keep"):
         kwargs["logits_to_keep"] = L - first
         offset = first
     logits = model(**kwargs).logits  # (B, L - offset, V)
@@ -202,6 +208,48 @@ def shared_prompt_logps(model, batch: Mapping[str, torch.Tensor]) -> tuple[torch
     """Summed chosen and rejected log-probs, (B,) and (B,), of a shared-prompt batch (see above)."""
     chosen, rejected = shared_prompt_per_token_logps(model, batch)  # (B, Tc), (B, Tr)
     return chosen.sum(-1), rejected.sum(-1)
+
+
+def stacked_pair_logps(model, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed completion log-probs of a ``[chosen; rejected]`` batch: one forward, split in two (B,), (B,)."""
+    per_token = per_token_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+    per_token = per_token.to(torch.promote_types(per_token.dtype, torch.float32))  # float32 at least, float64 kept
+    logps = sequence_logps(per_token, batch["completion_mask"])  # (2B,)
+    return logps.chunk(2)
+
+
+class PairScorer:
+    """The one route from encoded pairs to their log-probs, chosen once per model.
+
+    The shared-prompt batch (:func:`qstar_lib.lm.collate.collate_shared_prompt`, the prompt run once) when
+    ``share_prompt`` and the model's attention takes a custom mask (:func:`supports_shared_prompt`), else
+    the ``[chosen; rejected]`` batch of the DPO reference code. Both give the same numbers (tested to 1e-5);
+    training (:func:`qstar_lib.lm.train.train_dpo`, the reference pass) and :func:`pair_logps` use this class.
+    """
+
+    def __init__(self, model, pad_token_id: int, share_prompt: bool = True) -> None:
+        self.pad_token_id = pad_token_id
+        self.shared = share_prompt and supports_shared_prompt(model)
+
+    def collate(self, pairs: Sequence[Mapping]) -> dict[str, torch.Tensor]:
+        """The batch of ``pairs`` (outputs of :func:`qstar_lib.lm.collate.encode_pairs`) for this route."""
+        return collate_shared_prompt(pairs, self.pad_token_id) if self.shared else collate_pairs(pairs, self.pad_token_id)
+
+    def __call__(self, model, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed chosen and rejected completion log-probs, (B,) and (B,)."""
+        return shared_prompt_logps(model, batch) if self.shared else stacked_pair_logps(model, batch)
+
+    def per_token(self, model, batch: Mapping[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, ...]]:
+        """Per side, on the CPU: ``(values, mask, ids)``, each (B, T); pair j's completion log-probs (float32)
+        are ``values[j][mask[j]]``, at the tokens ``ids[j][mask[j]]``."""
+        if self.shared:
+            sides = dict(zip(("chosen", "rejected"), shared_prompt_per_token_logps(model, batch)))  # (B, Ts) each
+            return {side: (sides[side].float().cpu(), batch[f"{side}_mask"].bool().cpu(), batch[f"{side}_ids"].cpu())
+                    for side in sides}
+        logps = per_token_logps(model, **batch).float().cpu()  # (2B, T): chosen rows, then rejected
+        mask, ids = batch["completion_mask"].bool().cpu(), batch["input_ids"].cpu()  # (2B, T) each
+        b = logps.shape[0] // 2
+        return {"chosen": (logps[:b], mask[:b], ids[:b]), "rejected": (logps[b:], mask[b:], ids[b:])}
 
 
 def pair_logps(
@@ -232,38 +280,24 @@ def pair_logps(
     validate_records(records, tokenizer=tokenizer, max_length=max_length, max_prompt_length=max_prompt_length)
     encoded = encode_pairs(records, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length)
     device = model_device(model)
-    shared = share_prompt and supports_shared_prompt(model)
-    pad = pad_token_id(tokenizer)
+    scorer = PairScorer(model, pad_token_id(tokenizer), share_prompt)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]["chosen_input_ids"]) + len(encoded[i]["rejected_input_ids"]))
     results: list[dict | None] = [None] * len(encoded)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for lo in tqdm(range(0, len(order), batch_size), desc="log-probs", disable=not progress):
-                chunk = order[lo : lo + batch_size]
-                pairs = [encoded[i] for i in chunk]
-                if shared:
-                    batch = {k: v.to(device) for k, v in collate_shared_prompt(pairs, pad).items()}
-                    sides = dict(zip(("chosen", "rejected"), shared_prompt_per_token_logps(model, batch)))  # (b, Ts) each
-                    rows = {side: (sides[side].float().cpu(), batch[f"{side}_mask"].bool().cpu(),
-                                   batch[f"{side}_ids"].cpu(), 0) for side in sides}
-                else:
-                    batch = {k: v.to(device) for k, v in collate_pairs(pairs, pad).items()}
-                    logps = per_token_logps(model, **batch).float().cpu()  # (2b, T): chosen rows, then rejected
-                    mask, ids = batch["completion_mask"].bool().cpu(), batch["input_ids"].cpu()  # (2b, T) each
-                    rows = {"chosen": (logps, mask, ids, 0), "rejected": (logps, mask, ids, len(chunk))}
-                for j, (i, pair) in enumerate(zip(chunk, pairs)):
-                    row = {}
-                    for side, (values, mask, ids, shift) in rows.items():
-                        kept = values[j + shift][mask[j + shift]]
-                        row[f"{side}_per_token_logps"] = kept.tolist()
-                        row[f"{side}_logps"] = float(kept.double().sum())
-                        row[f"{side}_ids"] = ids[j + shift][mask[j + shift]].tolist()
-                        row[f"{side}_has_eos"] = bool(pair[f"{side}_has_eos"])
-                    results[i] = row
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.inference_mode():
+        for lo in tqdm(range(0, len(order), batch_size), desc="log-probs", disable=not progress):
+            chunk = order[lo : lo + batch_size]
+            pairs = [encoded[i] for i in chunk]
+            batch = {k: v.to(device) for k, v in scorer.collate(pairs).items()}
+            sides = scorer.per_token(model, batch)  # side -> (values, mask, ids), (b, T) each
+            for j, (i, pair) in enumerate(zip(chunk, pairs)):
+                row = {}
+                for side, (values, mask, ids) in sides.items():
+                    kept = values[j][mask[j]]
+                    row[f"{side}_per_token_logps"] = kept.tolist()
+                    row[f"{side}_logps"] = float(kept.double().sum())
+                    row[f"{side}_ids"] = ids[j][mask[j]].tolist()
+                    row[f"{side}_has_eos"] = bool(pair[f"{side}_has_eos"])
+                results[i] = row
     return results
 
 
@@ -288,7 +322,10 @@ def score_pairs(
         ``{side}_rewards`` list[float], beta * (log pi - log pi_ref) per completion token (aligned as in
         :func:`pair_logps`); ``{side}_reward`` their sum (TRL's ``rewards/{side}`` for this pair);
         ``{side}_logps``, ``ref_{side}_logps`` (sums); ``{side}_ids``; and ``margin`` =
-        chosen_reward - rejected_reward.
+        chosen_reward - rejected_reward. A record with planted ``errors`` also gets its token labels
+        (:func:`qstar_lib.lm.collate.planted_labels`: ``rejected_labels``, ``rejected_error_labels``,
+        ``rejected_errors``, ``id``, ``kind``), so the credit metrics and heatmaps read one row, not a record
+        and a row matched by index.
     """
     if beta <= 0:
         raise ValueError(f"beta must be > 0, got {beta}")
@@ -307,14 +344,50 @@ def score_pairs(
                 raise ValueError(
                     f"ref_scores[{i}] {side}_ids differ from record {i}'s tokens (another tokenizer or max_length?)"
                 )
-            pol = torch.tensor(p[f"{side}_per_token_logps"], dtype=torch.float64)
-            rf = torch.tensor(r[f"{side}_per_token_logps"], dtype=torch.float64)
-            rewards = beta * (pol - rf)  # eq. 10, per completion token
+            pol = torch.tensor(p[f"{side}_per_token_logps"], dtype=torch.float64)  # (T,)
+            rf = torch.tensor(r[f"{side}_per_token_logps"], dtype=torch.float64)  # (T,)
+            rewards = per_token_rewards(pol, rf, torch.ones_like(pol, dtype=torch.bool), beta)  # (T,) eq. 10
             row[f"{side}_rewards"] = rewards.tolist()
             row[f"{side}_reward"] = float(rewards.sum())
             row[f"{side}_logps"] = p[f"{side}_logps"]
             row[f"ref_{side}_logps"] = r[f"{side}_logps"]
             row[f"{side}_ids"] = p[f"{side}_ids"]
         row["margin"] = row["chosen_reward"] - row["rejected_reward"]
+        if "errors" in records[i]:
+            row.update(planted_labels(records[i], tokenizer))
         out.append(row)
+    return out
+
+
+def eq16_per_state(policy, reference, tokenizer, records, beta: float, max_length: int = 512) -> list[dict]:
+    """Eq. 16 at every state along each record's *chosen* completion, for two trained models.
+
+    For each record (one forward per model, float64 log-softmax over the completion states only) returns
+    a dict of (T,) arrays, T = completion tokens + EOS:
+
+    - ``expected``: sum_a pi_ref(a|s) * beta * log(pi(a|s) / pi_ref(a|s)), an explicit sum over the vocabulary;
+    - ``neg_beta_kl``: -beta * KL(pi_ref(.|s) || pi(.|s)) from ``torch.distributions.kl_divergence``
+      (independent code: eq. 16 says the two are equal);
+    - ``realised``: beta * log(pi / pi_ref) of the chosen token itself (eq. 10, :func:`per_token_rewards`;
+      summed, it is the ``rewards/chosen`` of this pair).
+    """
+    from qstar_lib.lm.collate import encode_sft
+
+    Categorical = torch.distributions.Categorical
+    out = []
+    for enc in encode_sft(records, tokenizer, max_length=max_length):
+        ids = torch.tensor([enc["input_ids"]])  # (1, L)
+        n_prompt, L = enc["n_prompt"], len(enc["input_ids"])
+        with torch.inference_mode():
+            pol = policy(ids.to(policy.device)).logits[0, n_prompt - 1 : L - 1].double().cpu()  # (T, V)
+            ref = reference(ids.to(reference.device)).logits[0, n_prompt - 1 : L - 1].double().cpu()  # (T, V)
+        lp_pol, lp_ref = pol.log_softmax(-1), ref.log_softmax(-1)  # (T, V) each
+        taken = ids[0, n_prompt:L]  # (T,) the chosen tokens (and EOS)
+        at = torch.arange(len(taken)), taken
+        out.append({
+            "expected": (lp_ref.exp() * beta * (lp_pol - lp_ref)).sum(-1).numpy(),  # eq. 16, left side
+            "neg_beta_kl": (-beta * torch.distributions.kl_divergence(Categorical(logits=ref), Categorical(logits=pol))).numpy(),
+            "realised": per_token_rewards(lp_pol[at], lp_ref[at], torch.ones_like(taken, dtype=torch.bool),
+                                          beta).numpy(),  # eq. 10 of the taken tokens
+        })
     return out

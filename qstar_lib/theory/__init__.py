@@ -39,7 +39,6 @@ _EXPORTS = {
     "reward_from_policy": "symbolic",
     "reward_sum": "symbolic",
     "reward_sum_in_policy": "symbolic",
-    "reward_sum_in_q": "symbolic",
     "sigmoid": "symbolic",
     "simplex_substitution": "symbolic",
     "soft_value": "symbolic",

@@ -164,12 +164,6 @@ def reward_sum(horizon=T) -> sp.Sum:
     return sp.Sum(r[t], (t, 0, horizon - 1))
 
 
-def reward_sum_in_q(horizon=T) -> sp.Sum:
-    """The return written with Q* and V* by inverting the Bellman equation (eq. 7) term by term."""
-    horizon = _check_length(horizon)
-    return sp.Sum(reward_from_bellman(t), (t, 0, horizon - 1))
-
-
 def reward_sum_in_policy(horizon=T) -> sp.Sum:
     """The return written with pi*, pi_ref and V*: eq. 7 inverted, then eq. 5 substituted."""
     horizon = _check_length(horizon)

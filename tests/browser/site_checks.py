@@ -30,8 +30,11 @@ CHROMIUM_FLAGS = (
     "--disable-component-update",
     "--disable-sync",
     "--disable-dev-shm-usage",
-    "--window-size=1280,1600",
+    "--window-size=1280,900",
 )
+#: The window every page is checked in: a common laptop width, at which the book shows both sidebars and its
+#: narrowest text column. Code cells and display equations must fit that column (``PageReport.overflowing``).
+WINDOW = (1280, 900)
 # Leftovers of TeX that MathJax failed to typeset, as they would show in the page's visible text.
 RAW_TEX = re.compile(r"\$\$|\\\[|\\\(|\\begin\{|\\frac\{|\\sum_|\\beta\b|\\pi_")
 
@@ -49,6 +52,7 @@ class PageReport:
     broken_images: list[str] = field(default_factory=list)
     broken_links: list[str] = field(default_factory=list)
     launch_buttons: list[str] = field(default_factory=list)
+    overflowing: list[str] = field(default_factory=list)
 
     def problems(self) -> list[str]:
         out = [f"console error: {e}" for e in self.console_errors]
@@ -59,6 +63,7 @@ class PageReport:
         out += [f"raw TeX left in the text: {t!r}" for t in self.raw_tex]
         out += [f"image did not load: {src}" for src in self.broken_images]
         out += [f"broken internal link: {href}" for href in self.broken_links]
+        out += [f"overflows its column at {WINDOW[0]}px (scrolls sideways): {e}" for e in self.overflowing]
         return out
 
 
@@ -99,6 +104,7 @@ def chromium(user_data_dir: Path):
     options.add_argument(f"--user-data-dir={user_data_dir}")
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_window_size(*WINDOW)
     driver.set_page_load_timeout(60)
     driver.set_script_timeout(60)
     try:
@@ -145,6 +151,42 @@ const prose = (document.querySelector('main') || document.body).cloneNode(true);
 prose.querySelectorAll('pre, code, .highlight, script, style, mjx-container').forEach(e => e.remove());
 return {math: math.length, typeset: typeset.length, errors: errors.length, imgs, links, buttons,
         text: prose.textContent};
+"""
+
+
+# Code cells (the <pre> of a cell's input and of its text output) and typeset display equations whose content
+# is wider than their box, so that the reader has to scroll them sideways. Collapsed parts (hidden cell inputs,
+# solution dropdowns) are opened first, so that what a click reveals is measured too. 1 px of slack for rounding.
+_OVERFLOW = """
+document.querySelectorAll('details').forEach(d => { d.open = true; });
+document.querySelectorAll('.toggle-hidden').forEach(e => e.classList.remove('toggle-hidden'));
+const tex = new Map();
+try {
+  for (const item of MathJax.startup.document.math) { tex.set(item.typesetRoot, item.math); }
+} catch (e) { /* no MathJax on this page */ }
+const short = (text) => { text = text.trim().replace(/\\s+/g, ' '); return text.length > 70 ? text.slice(0, 70) + '...' : text; };
+const out = [];
+const cells = Array.from(document.querySelectorAll('div.cell'));
+const pres = new Set(document.querySelectorAll('div.cell div.highlight pre, div.cell_input pre, div.cell_output pre'));
+for (const pre of pres) {
+  if (!pre.offsetParent || pre.scrollWidth <= pre.clientWidth + 1) continue;
+  const cell = pre.closest('div.cell');
+  const part = pre.closest('div.cell_output') ? 'output' : 'input';
+  const lines = pre.textContent.split('\\n');
+  const first = lines.find(line => line.trim()) || '';
+  const widest = lines.reduce((a, b) => (b.length > a.length ? b : a), '');
+  out.push(`code cell ${cells.indexOf(cell)} (${part}, first line "${short(first)}"): ` +
+           `${pre.scrollWidth}px of content in ${pre.clientWidth}px, widest line ${widest.length} characters ` +
+           `"${short(widest)}"`);
+}
+for (const m of document.querySelectorAll('mjx-container[display="true"]')) {
+  if (!m.offsetParent || m.scrollWidth <= m.clientWidth + 1) continue;
+  const box = m.closest('div.math, .math');
+  const label = box && box.id ? `#${box.id} ` : '';
+  out.push(`display equation ${label}"${short(tex.get(m) || m.textContent)}": ` +
+           `${m.scrollWidth}px of content in ${m.clientWidth}px`);
+}
+return out;
 """
 
 
@@ -200,6 +242,7 @@ def check_page(driver, base_url: str, site: Path, page: str, screenshot_dir: Pat
     if screenshot_dir is not None:
         screenshot_dir.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(screenshot_dir / (page.replace("/", "__") + ".png")))
+    report.overflowing = driver.execute_script(_OVERFLOW)  # last: it opens what the reader has to click open
     return report
 
 

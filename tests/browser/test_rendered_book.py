@@ -1,4 +1,5 @@
-"""The rendered book in a real browser: every page loads cleanly, maths is typeset, images load, links resolve.
+"""The rendered book in a real browser: every page loads cleanly, maths is typeset, images load, links resolve,
+and no code cell or display equation is wider than its column at a 1280x900 window (it would scroll sideways).
 
 Runs against the HTML that ``make book`` wrote to ``_build/html`` (CI builds it at ci scale first; see
 ``.ci/run``). Screenshots of every page go to ``_build/screenshots``. The failure-mode tests break a copy
@@ -64,6 +65,11 @@ def _break(site: Path, tmp_path: Path, page: str, pattern: str, replacement: str
 
 
 _AFTER_MAIN = r"<main[^>]*>"
+# A code cell with one line far wider than the column, and a display equation of 120 terms.
+_LINE = "x = " + "1 + " * 60 + "1"
+_WIDE_CELL = f'<div class="cell"><div class="cell_input"><div class="highlight"><pre>{_LINE}</pre></div></div></div>'
+_WIDE_TEX = " + ".join(f"a_{{{i}}}" for i in range(120))
+_WIDE_EQUATION = f'<div class="math notranslate nohighlight">\\[{_WIDE_TEX}\\]</div>'
 
 
 @pytest.mark.parametrize(
@@ -73,8 +79,11 @@ _AFTER_MAIN = r"<main[^>]*>"
         (r"offline/mathjax/tex-chtml-full\.js", "offline/mathjax/not-there.js", "raw TeX left in the text"),
         (_AFTER_MAIN, '<MATCH><p><img src="figure_that_was_never_built.png" alt="missing"></p>', "image did not load"),
         (_AFTER_MAIN, '<MATCH><p><a href="no_such_chapter.html#nowhere">dangling</a></p>', "broken internal link"),
+        # a line of code or an equation wider than the column at a 1280-pixel window
+        (_AFTER_MAIN, "<MATCH>" + _WIDE_CELL, "overflows its column"),
+        (_AFTER_MAIN, "<MATCH>" + _WIDE_EQUATION, "overflows its column"),
     ],
-    ids=["raw-equation", "missing-image", "broken-link"],
+    ids=["raw-equation", "missing-image", "broken-link", "wide-code-cell", "wide-equation"],
 )
 def test_each_check_catches_its_failure(site, pages, driver, tmp_path, pattern, replacement, symptom):
     page = _notebook_page(pages)
