@@ -1,5 +1,4 @@
-"""Preference data: the synthetic planted-error TL;DR set, the hub TL;DR loader, validation, and
-span -> token labels.
+"""Preference records: validation at every entry point, span -> token labels, and writing them out.
 
 Records are plain dicts in TRL's preference format (``prompt``/``chosen``/``rejected``), so they go
 straight into TRL or into :mod:`qstar_lib.lm.collate`. Synthetic records also carry their ground truth:
