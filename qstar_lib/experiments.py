@@ -117,9 +117,7 @@ def _p(p: ExperimentPreset | None) -> ExperimentPreset:
 
 def train_records(p: ExperimentPreset | None = None) -> list[dict]:
     """The training pairs (synthetic planted-error TL;DR, split ``train``), the same for SFT and DPO."""
-    from qstar_lib.data import synthetic_tldr
-
-    from qstar_lib.data import validate_records
+    from qstar_lib.data import synthetic_tldr, validate_records
 
     p = _p(p)
     return validate_records(synthetic_tldr(p.n_train_pairs, seed=p.seed, split="train"))
@@ -127,9 +125,7 @@ def train_records(p: ExperimentPreset | None = None) -> list[dict]:
 
 def eval_records(p: ExperimentPreset | None = None) -> list[dict]:
     """Held-out pairs (split ``test``: no prompt in common with the training pairs)."""
-    from qstar_lib.data import synthetic_tldr
-
-    from qstar_lib.data import validate_records
+    from qstar_lib.data import synthetic_tldr, validate_records
 
     p = _p(p)
     return validate_records(synthetic_tldr(p.n_eval_pairs, seed=p.seed, split="test"))
@@ -181,7 +177,7 @@ def stage_dir(stage: str, p: ExperimentPreset | None = None) -> Path:
 
 
 def _say(message: str) -> None:
-    print(f"[qstar experiments] {message}", file=sys.stderr, flush=True)
+    print(f"[experiments] {message}", file=sys.stderr, flush=True)
 
 
 def _steps(folder: Path) -> list[int]:
@@ -220,7 +216,8 @@ def _build(stage: str, p: ExperimentPreset, tmp: Path, folder: Path) -> None:
 
     if folder.exists():
         _say(f"{folder} has no '{DONE}' marker (an interrupted run): training {stage} again")
-    _say(f"training {stage} for scale {scale.active_scale()} ({p.model_name}); caching in {folder}")
+    _say(f"training {stage} at scale {scale.active_scale()} ({p.model_name})")
+    _say(f"cache: {folder.name} in {folder.parent}")
     start = time.perf_counter()
     hist = _train(stage, p, tmp)
     seconds = time.perf_counter() - start
@@ -263,7 +260,10 @@ def _train(stage: str, p: ExperimentPreset, folder: Path):
     model, tokenizer = _load_base(p, fp32) if stage == "dpo_base" else _load_folder(_final(_ensure("sft", p)), fp32)
     # ref_model=None: the reference log-probs are computed from the policy before its first update, when
     # it *is* pi_ref (the SFT model for dpo_sft, the base model for dpo_base); no second copy is held.
-    return train_dpo(model, None, tokenizer, records, dpo_config(p, str(folder)))
+    # only the last checkpoint's training state is kept (_prune_training_state), and old ones go as soon as a
+    # newer one exists: a gpu-scale run keeps ~2 optimizer states on disk, not one per checkpoint
+    prune = lambda step, metrics, model: _prune_training_state(folder)  # noqa: E731
+    return train_dpo(model, None, tokenizer, records, dpo_config(p, str(folder)), callbacks=[prune])
 
 
 def _final(folder: Path) -> Path:
@@ -274,15 +274,21 @@ def _final(folder: Path) -> Path:
 
 
 def _load_base(p: ExperimentPreset, dtype=None):
+    """The model in float32 unless told otherwise: a bf16 logit step (~1/128 of the logit) is the size of the
+    per-token rewards the chapters rank, so evaluation never runs in bf16 (training adds bf16 autocast)."""
+    import torch
+
     from qstar_lib.lm.models import load_model
 
-    return load_model(p.model_name, dtype=dtype)
+    return load_model(p.model_name, dtype=dtype or torch.float32)
 
 
 def _load_folder(path: Path, dtype=None):
+    import torch
+
     from qstar_lib.lm.models import load_model
 
-    return load_model(str(path), dtype=dtype)
+    return load_model(str(path), dtype=dtype or torch.float32)
 
 
 # ----------------------------------------------------------------------------- getters

@@ -96,8 +96,11 @@ class Family:
         this slot's place. Two ends of one range ("38k to 45k") share their cue, so swapping them would
         be an error that no reader of roles could see; they are not swapped."""
         me = self.slots[slot]
-        return tuple(s for s, sl in self.slots.items()
-                     if s != slot and sl.type == me.type and (sl.cues, sl.after) != (me.cues, me.after))
+        return tuple(
+            s
+            for s, sl in self.slots.items()
+            if s != slot and sl.type == me.type and (sl.cues, sl.after) != (me.cues, me.after)
+        )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -121,16 +124,28 @@ def _sample_job(rng, style):
         floor = low - rng.randint(5, 9)
         vals = [low, high, offered, average, floor]
         if len(set(vals)) == 5:
-            return dict(asked_low=low, asked_high=high, offered=offered, average=average, floor=floor,
-                        others=rng.randint(2, 6), role=rng.choice(ROLES))
+            return dict(
+                asked_low=low,
+                asked_high=high,
+                offered=offered,
+                average=average,
+                floor=floor,
+                others=rng.randint(2, 6),
+                role=rng.choice(ROLES),
+            )
 
 
 def _sample_car(rng, style):
     old_year = rng.randint(2004, 2016)
     old, new = rng.sample(CARS, 2)
     price, trade = rng.randrange(9000, 32001, 250), rng.randrange(1000, 8001, 250)
-    return dict(old_car=(old_year, old), new_car=(rng.randint(old_year + 3, 2023), new),
-                price=price, trade_in=trade, miles=rng.randrange(90000, 230001, 1000))
+    return dict(
+        old_car=(old_year, old),
+        new_car=(rng.randint(old_year + 3, 2023), new),
+        price=price,
+        trade_in=trade,
+        miles=rng.randrange(90000, 230001, 1000),
+    )
 
 
 def _sample_move(rng, style):
@@ -155,8 +170,14 @@ def _sample_rent(rng, style):
         if deposit not in (current, new):
             break
     years, days = rng.randint(2, 9), rng.choice([14, 21, 30, 45, 60])
-    return dict(current_rent=current, new_rent=new, deposit=deposit, years=years, days=days,
-                landlord=rng.choice(MALE_NAMES + FEMALE_NAMES))
+    return dict(
+        current_rent=current,
+        new_rent=new,
+        deposit=deposit,
+        years=years,
+        days=days,
+        landlord=rng.choice(MALE_NAMES + FEMALE_NAMES),
+    )
 
 
 def _sample_relationship(rng, style):
@@ -173,8 +194,13 @@ def _sample_fitness(rng, style):
     start = rng.randint(210, 330)
     current = start - rng.randint(20, 60)
     goal = max(140, current - rng.randint(15, 45))
-    return dict(start_weight=start, current_weight=current, goal_weight=goal, months=rng.randint(3, 14),
-                calories=rng.randrange(1500, 2401, 50))
+    return dict(
+        start_weight=start,
+        current_weight=current,
+        goal_weight=goal,
+        months=rng.randint(3, 14),
+        calories=rng.randrange(1500, 2401, 50),
+    )
 
 
 def _sample_college(rng, style):
@@ -182,8 +208,13 @@ def _sample_college(rng, style):
     dream_aid, backup_aid = _distinct(rng, lambda: rng.randrange(2000, 30001, 500), 2)
     if dream_aid > backup_aid:
         dream_aid, backup_aid = backup_aid, dream_aid
-    return dict(dream_school=dream, backup_school=backup, dream_aid=dream_aid, backup_aid=backup_aid,
-                loan=rng.randrange(31000, 90001, 1000))
+    return dict(
+        dream_school=dream,
+        backup_school=backup,
+        dream_aid=dream_aid,
+        backup_aid=backup_aid,
+        loan=rng.randrange(31000, 90001, 1000),
+    )
 
 
 def _sample_pets(rng, style):
@@ -191,22 +222,33 @@ def _sample_pets(rng, style):
     vet, savings = _distinct(rng, lambda: rng.randrange(300, 4001, 50), 2)
     old_age = rng.randint(9, 15)
     pup_weeks = rng.choice([w for w in range(8, 17) if w != old_age])
-    return dict(old_dog=old, new_pup=new, old_age=old_age, pup_weeks=pup_weeks,
-                vet_bill=vet, savings=savings)
+    return dict(old_dog=old, new_pup=new, old_age=old_age, pup_weeks=pup_weeks, vet_bill=vet, savings=savings)
 
 
 def _sample_travel(rng, style):
     dest, layover = rng.sample(WORLD_CITIES, 2)
     budget = rng.randrange(1500, 6001, 100)
     flight = rng.randrange(350, 1401, 10)
-    return dict(home_city=rng.choice(US_CITIES), dest_city=dest, layover_city=layover,
-                days=rng.randint(5, 16), budget=budget, flight=flight)
+    return dict(
+        home_city=rng.choice(US_CITIES),
+        dest_city=dest,
+        layover_city=layover,
+        days=rng.randint(5, 16),
+        budget=budget,
+        flight=flight,
+    )
 
 
 _SAMPLERS = {  # family -> its sampler; the order of this table is the order of FAMILIES
-    "job_offer": _sample_job, "car_trade": _sample_car, "relocation": _sample_move,
-    "camera_upgrade": _sample_camera, "rent_increase": _sample_rent, "relationship": _sample_relationship,
-    "weight_loss": _sample_fitness, "college_aid": _sample_college, "pets": _sample_pets,
+    "job_offer": _sample_job,
+    "car_trade": _sample_car,
+    "relocation": _sample_move,
+    "camera_upgrade": _sample_camera,
+    "rent_increase": _sample_rent,
+    "relationship": _sample_relationship,
+    "weight_loss": _sample_fitness,
+    "college_aid": _sample_college,
+    "pets": _sample_pets,
     "travel_budget": _sample_travel,
 }
 
@@ -282,16 +324,24 @@ def _read_slot(f: _File, obj: Any, key: str) -> Slot:
         f.fail(f"{key}.type", f"{t!r} is not a value type; choose from {', '.join(TYPES)}")
     bounds, pool = obj.get("range"), obj.get("pool")
     if TYPES[t].kind == "number" or "range" in obj:
-        if not (isinstance(bounds, list) and len(bounds) == 2 and all(type(v) is int for v in bounds)
-                and bounds[0] <= bounds[1]):
+        if not (
+            isinstance(bounds, list)
+            and len(bounds) == 2
+            and all(type(v) is int for v in bounds)
+            and bounds[0] <= bounds[1]
+        ):
             f.fail(f"{key}.range", f"expected [low, high], two integers with low <= high, got {bounds!r}")
     if TYPES[t].kind == "text" and not (isinstance(pool, str) and pool in POOLS):
         f.fail(f"{key}.pool", f"{pool!r} is not a vocabulary; choose from {', '.join(POOLS)}")
     if TYPES[t].kind == "number" and pool is not None:
         f.fail(f"{key}.pool", f"a {t} slot is a number and takes no pool")
-    return Slot(t, f.strings(obj.get("cues", []), f"{key}.cues", empty_ok=True),
-                f.strings(obj.get("after", []), f"{key}.after", empty_ok=True),
-                tuple(bounds) if bounds is not None else None, pool)
+    return Slot(
+        t,
+        f.strings(obj.get("cues", []), f"{key}.cues", empty_ok=True),
+        f.strings(obj.get("after", []), f"{key}.after", empty_ok=True),
+        tuple(bounds) if bounds is not None else None,
+        pool,
+    )
 
 
 def _read_summary(f: _File, obj: Any, key: str, slots: dict[str, Slot]) -> Summary:
@@ -350,14 +400,21 @@ def read_family(name: str, raw: str | None = None) -> dict:
     for i, post in enumerate(posts):
         if set(slots) - _fields(post):
             f.fail(f"posts[{i}]", f"does not mention slot(s) {', '.join(sorted(set(slots) - _fields(post)))}")
-    summaries = tuple(_read_summary(f, v, f"summaries[{i}]", slots)
-                      for i, v in enumerate(_list(f, obj["summaries"], "summaries")))
+    summaries = tuple(
+        _read_summary(f, v, f"summaries[{i}]", slots) for i, v in enumerate(_list(f, obj["summaries"], "summaries"))
+    )
     claims = tuple(_read_claim(f, v, f"claims[{i}]") for i, v in enumerate(_list(f, obj["claims"], "claims")))
     drawn = _SAMPLERS[name](random.Random(name), dict(STYLES[0])) if name in _SAMPLERS else None
     if drawn is not None and set(drawn) != set(slots):
         f.fail("slots", f"the sampler draws {', '.join(drawn)}; the file declares {', '.join(slots)}")
-    return dict(subreddits=f.strings(obj["subreddits"], "subreddits"), slots=slots, titles=titles, posts=posts,
-                summaries=summaries, claims=claims)
+    return dict(
+        subreddits=f.strings(obj["subreddits"], "subreddits"),
+        slots=slots,
+        titles=titles,
+        posts=posts,
+        summaries=summaries,
+        claims=claims,
+    )
 
 
 def _read_all() -> dict[str, dict]:

@@ -14,11 +14,18 @@ __all__ = ["extract_numbers", "normalise_number"]
 _NUM_RE = re.compile(
     r"(?P<cur>[$£€]\s?)?(?P<num>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d{1,3}(?: \d{3})+(?![\d,])|\d+(?:\.\d+)?)"
 )
-_SUFFIX_RE = re.compile(
-    r"\s?(?P<suf>k|K|grand|thousand|million|mil|mn|bn|billion|M|m)(?![A-Za-z])"
-)
-_MULT = {"k": 1e3, "K": 1e3, "grand": 1e3, "thousand": 1e3, "million": 1e6, "mil": 1e6, "mn": 1e6,
-         "bn": 1e9, "billion": 1e9}
+_SUFFIX_RE = re.compile(r"\s?(?P<suf>k|K|grand|thousand|million|mil|mn|bn|billion|M|m)(?![A-Za-z])")
+_MULT = {
+    "k": 1e3,
+    "K": 1e3,
+    "grand": 1e3,
+    "thousand": 1e3,
+    "million": 1e6,
+    "mil": 1e6,
+    "mn": 1e6,
+    "bn": 1e9,
+    "billion": 1e9,
+}
 
 
 def extract_numbers(text: str) -> list[tuple[float, int, int]]:
@@ -46,7 +53,7 @@ def extract_numbers(text: str) -> list[tuple[float, int, int]]:
             else:
                 value, end, had_suffix = value * _MULT[suf], sm.end(), True
         if not had_suffix and end < len(text) and text[end].isalpha():
-            rest = text[end:end + 3]
+            rest = text[end : end + 3]
             if re.match(r"(st|nd|rd|th)(?![A-Za-z])", rest):
                 continue  # ordinal
             if not re.match(r"[FfMm](?![A-Za-z])", rest):

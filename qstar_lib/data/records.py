@@ -16,24 +16,25 @@ import logging
 import os
 import warnings
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from qstar_lib.data.synthetic import (
     ERROR_KINDS,
-    ERROR_MIX,
     LOCALISED_KINDS,
     NONLOCAL_KINDS,
-    PAIR_KINDS,
-    PROMPT_TEMPLATE,
-    SPLITS,
-    fig1_example,
     generate,
 )
 
 __all__ = [
-    "DropReport", "RecordError", "synthetic_tldr", "to_hf_dataset", "token_labels", "validate_records", "write_jsonl",
+    "DropReport",
+    "RecordError",
+    "synthetic_tldr",
+    "to_hf_dataset",
+    "token_labels",
+    "validate_records",
+    "write_jsonl",
 ]
 
 log = logging.getLogger(__name__)
@@ -44,9 +45,14 @@ REQUIRED = ("prompt", "chosen", "rejected")
 # ---------------------------------------------------------------------------------------------------
 # The synthetic set
 # ---------------------------------------------------------------------------------------------------
-def synthetic_tldr(n: int, seed: int = 0, split: str = "train", *,
-                   kinds: Sequence[str] | dict[str, float] | None = None,
-                   families: Sequence[str] | None = None) -> list[dict]:
+def synthetic_tldr(
+    n: int,
+    seed: int = 0,
+    split: str = "train",
+    *,
+    kinds: Sequence[str] | dict[str, float] | None = None,
+    families: Sequence[str] | None = None,
+) -> list[dict]:
     """``n`` synthetic TL;DR preference pairs with planted errors, deterministic in ``(seed, split)``.
 
     Splits ``train``/``validation``/``test`` never share a prompt, whatever the seeds: a prompt's
@@ -158,17 +164,33 @@ def _check_errors(i: int, rid: Any, rec: dict) -> None:
         if kind in LOCALISED_KINDS:
             n_loc += 1
         if not 0 <= start < end <= len(rejected):
-            raise RecordError(i, name, f"span {start}:{end} is outside 'rejected' (length {len(rejected)})", "bad_span", rid)
+            raise RecordError(
+                i, name, f"span {start}:{end} is outside 'rejected' (length {len(rejected)})", "bad_span", rid
+            )
         planted = err.get("planted")
         if isinstance(planted, str) and planted and not planted.endswith(rejected[start:end]):
-            raise RecordError(i, name, f"span text {rejected[start:end]!r} is not the end of the planted value {planted!r}",
-                              "bad_span", rid)
+            raise RecordError(
+                i,
+                name,
+                f"span text {rejected[start:end]!r} is not the end of the planted value {planted!r}",
+                "bad_span",
+                rid,
+            )
     if "n_errors" in rec and rec["n_errors"] != n_loc:
-        raise RecordError(i, "n_errors", f"is {rec['n_errors']} but 'errors' has {n_loc} localised errors", "bad_span", rid)
+        raise RecordError(
+            i, "n_errors", f"is {rec['n_errors']} but 'errors' has {n_loc} localised errors", "bad_span", rid
+        )
 
 
-def _prompt_room(i: int, rid: Any, prompt: str, tokenizer, max_length: int | None,
-                 max_prompt_length: int | None, max_prompt_tokens: int | None) -> None:
+def _prompt_room(
+    i: int,
+    rid: Any,
+    prompt: str,
+    tokenizer,
+    max_length: int | None,
+    max_prompt_length: int | None,
+    max_prompt_tokens: int | None,
+) -> None:
     """The prompt must leave at least one completion token inside ``max_length`` without being cut.
 
     A prompt that fills the whole budget would be cut from the left by :func:`qstar_lib.lm.collate.encode_completion`
@@ -179,19 +201,32 @@ def _prompt_room(i: int, rid: Any, prompt: str, tokenizer, max_length: int | Non
     if n_tok == 0:
         raise RecordError(i, "prompt", "tokenises to 0 tokens", "empty", rid)
     if max_prompt_tokens is not None and n_tok > max_prompt_tokens:
-        raise RecordError(i, "prompt", f"has {n_tok} tokens, more than max_prompt_tokens={max_prompt_tokens}",
-                          "too_long", rid)
+        raise RecordError(
+            i, "prompt", f"has {n_tok} tokens, more than max_prompt_tokens={max_prompt_tokens}", "too_long", rid
+        )
     if max_length is not None:
         kept = n_tok if max_prompt_length is None else min(n_tok, max_prompt_length)
         if kept >= max_length:
-            raise RecordError(i, "prompt", f"has {n_tok} tokens and leaves no room for a completion token within "
-                              f"max_length={max_length} (raise max_length, or set max_prompt_length to cut prompts)",
-                              "too_long", rid)
+            raise RecordError(
+                i,
+                "prompt",
+                f"has {n_tok} tokens and leaves no room for a completion token within "
+                f"max_length={max_length} (raise max_length, or set max_prompt_length to cut prompts)",
+                "too_long",
+                rid,
+            )
 
 
-def _check_record(i: int, rec: Any, tokenizer, max_prompt_tokens: int | None, seen_ids: dict,
-                  fields: Sequence[str] = REQUIRED, max_length: int | None = None,
-                  max_prompt_length: int | None = None) -> None:
+def _check_record(
+    i: int,
+    rec: Any,
+    tokenizer,
+    max_prompt_tokens: int | None,
+    seen_ids: dict,
+    fields: Sequence[str] = REQUIRED,
+    max_length: int | None = None,
+    max_prompt_length: int | None = None,
+) -> None:
     if not isinstance(rec, dict):
         raise RecordError(i, "<record>", f"is not a dict (got {type(rec).__name__})", "not_dict")
     rid = rec.get("id")
@@ -216,9 +251,16 @@ def _check_record(i: int, rec: Any, tokenizer, max_prompt_tokens: int | None, se
         _check_errors(i, rid, rec)
 
 
-def validate_records(records: Sequence[dict], *, tokenizer=None, max_prompt_tokens: int | None = None,
-                     max_length: int | None = None, max_prompt_length: int | None = None,
-                     fields: Sequence[str] = REQUIRED, drop_invalid: bool = False):
+def validate_records(
+    records: Sequence[dict],
+    *,
+    tokenizer=None,
+    max_prompt_tokens: int | None = None,
+    max_length: int | None = None,
+    max_prompt_length: int | None = None,
+    fields: Sequence[str] = REQUIRED,
+    drop_invalid: bool = False,
+):
     """Check preference records; raise :class:`RecordError` naming the record and the field.
 
     Checks: the record is a dict; each of ``fields`` (``prompt``/``chosen``/``rejected`` by default; SFT
@@ -288,6 +330,7 @@ def to_hf_dataset(records: Sequence[dict]):
     """
     import datasets
 
-    rows = [{k: (json.dumps(v) if k in JSON_COLUMNS and isinstance(v, dict) else v) for k, v in r.items()}
-            for r in records]
+    rows = [
+        {k: (json.dumps(v) if k in JSON_COLUMNS and isinstance(v, dict) else v) for k, v in r.items()} for r in records
+    ]
     return datasets.Dataset.from_list(rows)

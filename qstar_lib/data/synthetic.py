@@ -78,7 +78,6 @@ FILLERS = (  # fact-free padding for "verbosity" pairs: no numbers, names, place
 )
 
 
-
 # ---------------------------------------------------------------------------------------------------
 # Rendering with spans
 # ---------------------------------------------------------------------------------------------------
@@ -108,7 +107,6 @@ def _render(template: str, fields: dict[str, str]) -> tuple[str, dict[str, tuple
             parts.append(value)
             pos += len(value)
     return "".join(parts), spans
-
 
 
 def _common_prefix(a: str, b: str) -> int:
@@ -199,8 +197,10 @@ def _build(ch: _Choice, idx: str, prompt: str, post_values: dict[str, str]) -> d
         "prompt": prompt,
         "chosen": " " + chosen,
         "rejected": " " + rejected,
-        "errors": [dict(e, start=e["start"] + 1 if e["start"] >= 0 else -1,
-                        end=e["end"] + 1 if e["end"] >= 0 else -1) for e in errors],
+        "errors": [
+            dict(e, start=e["start"] + 1 if e["start"] >= 0 else -1, end=e["end"] + 1 if e["end"] >= 0 else -1)
+            for e in errors
+        ],
         "n_errors": n_loc,
         "kind": ch.pair_kind,
         "family": ch.family,
@@ -227,8 +227,7 @@ def _absent_ok(fam: Family, slot: str, raw: Any, ch: _Choice, prompt: str, numbe
     return re.search(r"(?<![A-Za-z0-9])" + re.escape(text_key(new_s)) + r"(?![A-Za-z0-9])", prompt) is None
 
 
-def _plan_edit(kind: str, fam: Family, ch: _Choice, rng: random.Random, prompt: str,
-               used: set[str]) -> tuple | None:
+def _plan_edit(kind: str, fam: Family, ch: _Choice, rng: random.Random, prompt: str, used: set[str]) -> tuple | None:
     """One localised edit of ``kind`` on a slot of the summary not in ``used`` (None if impossible)."""
     summ = fam.summaries[ch.summary]
     slots = [n for n in _fields_of(summ.text) if n in fam.slots and n not in used]
@@ -242,9 +241,11 @@ def _plan_edit(kind: str, fam: Family, ch: _Choice, rng: random.Random, prompt: 
         t = TYPES[fam.slots[slot].type]
         true_s = t.summary(ch.values[slot], ch.style)
         if kind == "in_post_swap":
-            others = [o for o in fam.swap_partners(slot)
-                      if (o_s := t.summary(ch.values[o], ch.style)) != true_s
-                      and _common_prefix(true_s, o_s) < len(o_s)]
+            others = [
+                o
+                for o in fam.swap_partners(slot)
+                if (o_s := t.summary(ch.values[o], ch.style)) != true_s and _common_prefix(true_s, o_s) < len(o_s)
+            ]
             if others:
                 return ("swap", slot, rng.choice(others))
         else:
@@ -281,9 +282,13 @@ def _split_of(prompt: str) -> int:
     return int.from_bytes(hashlib.blake2b(prompt.encode(), digest_size=8).digest(), "big") % len(SPLITS)
 
 
-def generate(n: int, seed: int = 0, split: str = "train",
-             kinds: Sequence[str] | dict[str, float] | None = None,
-             families: Sequence[str] | None = None) -> list[dict]:
+def generate(
+    n: int,
+    seed: int = 0,
+    split: str = "train",
+    kinds: Sequence[str] | dict[str, float] | None = None,
+    families: Sequence[str] | None = None,
+) -> list[dict]:
     """``n`` records for ``split``; see :func:`qstar_lib.data.synthetic_tldr` for the schema."""
     if split not in SPLITS:
         raise ValueError(f"split={split!r}: choose one of {', '.join(SPLITS)}")
@@ -301,14 +306,23 @@ def generate(n: int, seed: int = 0, split: str = "train",
     while len(records) < n:
         attempts += 1
         if attempts > 50 * n + 10_000:  # cannot happen with the shipped families; guards edits to them
-            raise RuntimeError(f"generate: only {len(records)} of {n} records after {attempts} attempts; "
-                               f"kinds={kinds!r}, families={families!r} cannot be satisfied")
+            raise RuntimeError(
+                f"generate: only {len(records)} of {n} records after {attempts} attempts; "
+                f"kinds={kinds!r}, families={families!r} cannot be satisfied"
+            )
         pair_kind = plan[len(records)]
         fam = FAMILIES[rng.choice(fam_names)]
         style = draw_style(rng)
-        ch = _Choice(fam.name, fam.sample(rng, style), style, rng.choice(fam.subreddits),
-                     rng.randrange(len(fam.titles)), rng.randrange(len(fam.posts)),
-                     rng.randrange(len(fam.summaries)), pair_kind=pair_kind)
+        ch = _Choice(
+            fam.name,
+            fam.sample(rng, style),
+            style,
+            rng.choice(fam.subreddits),
+            rng.randrange(len(fam.titles)),
+            rng.randrange(len(fam.posts)),
+            rng.randrange(len(fam.summaries)),
+            pair_kind=pair_kind,
+        )
         prompt, post_values = _prompt(fam, ch)
         if _split_of(prompt) != want or prompt in seen:
             continue
@@ -337,7 +351,16 @@ def fig1_example() -> dict:
     style = dict(draw_style(random.Random(0)), money=0)
     values = dict(asked_low=38, asked_high=45, offered=38, average=41, floor=30, others=3, role="data analyst")
     claim = next(i for i, (_, key) in enumerate(fam.claims) if key == "management position")
-    ch = _Choice("job_offer", values, style, "personalfinance", title=0, post=0, summary=0,
-                 edits=[("absent", "offered", 250), ("claim", claim)], pair_kind="two_errors")
+    ch = _Choice(
+        "job_offer",
+        values,
+        style,
+        "personalfinance",
+        title=0,
+        post=0,
+        summary=0,
+        edits=[("absent", "offered", 250), ("claim", claim)],
+        pair_kind="two_errors",
+    )
     prompt, post_values = _prompt(fam, ch)
     return _build(ch, "fig1-000000", prompt, post_values)

@@ -57,8 +57,9 @@ def _read_hub(split: str) -> list[dict]:
     return [dict(row) for row in ds]
 
 
-def load_tldr_preference(split: str = "train", *, n: int | None = None, path: str | None = None,
-                         reddit_only: bool = True) -> list[dict]:
+def load_tldr_preference(
+    split: str = "train", *, n: int | None = None, path: str | None = None, reddit_only: bool = True
+) -> list[dict]:
     """Reddit TL;DR preference pairs (prompt/chosen/rejected), from a local file or from the hub.
 
     With ``path`` (a ``.jsonl`` or ``.parquet`` file in the schema of ``trl-lib/tldr-preference``)
@@ -77,8 +78,10 @@ def load_tldr_preference(split: str = "train", *, n: int | None = None, path: st
     if reddit_only:
         kept = [r for r in rows if isinstance(r.get("prompt"), str) and r["prompt"].startswith(REDDIT_PREFIX)]
         if len(kept) < len(rows):
-            msg = (f"load_tldr_preference: removed {len(rows) - len(kept)} of {len(rows)} rows whose prompt does "
-                   f"not start with {REDDIT_PREFIX!r} (CNN/DailyMail articles)")
+            msg = (
+                f"load_tldr_preference: removed {len(rows) - len(kept)} of {len(rows)} rows whose prompt does "
+                f"not start with {REDDIT_PREFIX!r} (CNN/DailyMail articles)"
+            )
             warnings.warn(msg, UserWarning, stacklevel=2)
             log.warning(msg)
         rows = kept

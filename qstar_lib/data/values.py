@@ -17,6 +17,8 @@ from typing import Any
 # ---------------------------------------------------------------------------------------------------
 # Vocabularies (>= 30 each). Names avoid ordinary English words so a token match means the name.
 # ---------------------------------------------------------------------------------------------------
+# The vocabularies stay one row of names per line (data, not code for the formatter to reflow).
+# fmt: off
 FEMALE_NAMES = (
     "Emma", "Olivia", "Sophie", "Lara", "Chloe", "Megan", "Priya", "Hannah", "Jessica", "Natalie",
     "Rachel", "Kayla", "Lauren", "Bianca", "Isabel", "Tessa", "Nadia", "Fiona", "Camila", "Erin",
@@ -79,10 +81,18 @@ ROLES = (  # all start with a consonant sound, so "a {role}" reads right
     "claims adjuster", "procurement assistant", "wedding planner", "junior buyer", "bookkeeper",
     "help desk analyst", "recruiting coordinator",
 )
+# fmt: on
 POOLS: dict[str, tuple[str, ...]] = {  # the vocabularies a family file's ``pool`` may name
-    "NAMES": FEMALE_NAMES + MALE_NAMES, "FEMALE_NAMES": FEMALE_NAMES, "MALE_NAMES": MALE_NAMES,
-    "PET_NAMES": PET_NAMES, "US_CITIES": US_CITIES, "WORLD_CITIES": WORLD_CITIES, "CARS": CARS,
-    "CAMERAS": CAMERAS, "SCHOOLS": SCHOOLS, "ROLES": ROLES,
+    "NAMES": FEMALE_NAMES + MALE_NAMES,
+    "FEMALE_NAMES": FEMALE_NAMES,
+    "MALE_NAMES": MALE_NAMES,
+    "PET_NAMES": PET_NAMES,
+    "US_CITIES": US_CITIES,
+    "WORLD_CITIES": WORLD_CITIES,
+    "CARS": CARS,
+    "CAMERAS": CAMERAS,
+    "SCHOOLS": SCHOOLS,
+    "ROLES": ROLES,
 }
 
 
@@ -91,8 +101,17 @@ POOLS: dict[str, tuple[str, ...]] = {  # the vocabularies a family file's ``pool
 # ---------------------------------------------------------------------------------------------------
 def make_style(pg: str, mg: str, money: int) -> dict:
     he, his, him = ("he", "his", "him") if pg == "M" else ("she", "her", "her")
-    return dict(pg=pg, mg=mg, he=he, He=he.capitalize(), his=his, His=his.capitalize(), him=him,
-                bf="boyfriend" if pg == "M" else "girlfriend", money=money)
+    return dict(
+        pg=pg,
+        mg=mg,
+        he=he,
+        He=he.capitalize(),
+        his=his,
+        His=his.capitalize(),
+        him=him,
+        bf="boyfriend" if pg == "M" else "girlfriend",
+        money=money,
+    )
 
 
 STYLES = tuple(make_style(pg, mg, money) for pg in "MF" for mg in "MF" for money in range(3))
@@ -157,23 +176,42 @@ def _str(v: Any, style: dict) -> str:
 
 
 TYPES: dict[str, ValueType] = {
-    "salary": ValueType("number", _salary_post, _salary_summary,
-                        lambda rng, v: rng.choice([rng.randint(15, 28), rng.randrange(100, 305, 5)])),
-    "money": ValueType("number", lambda v, s: _money(v), lambda v, s: _money(v),
-                       lambda rng, v: _round_to(v * rng.choice([0.4, 0.55, 1.6, 1.8, 2.5]),
-                                                50 if v >= 1000 else 25)),
+    "salary": ValueType(
+        "number",
+        _salary_post,
+        _salary_summary,
+        lambda rng, v: rng.choice([rng.randint(15, 28), rng.randrange(100, 305, 5)]),
+    ),
+    "money": ValueType(
+        "number",
+        lambda v, s: _money(v),
+        lambda v, s: _money(v),
+        lambda rng, v: _round_to(v * rng.choice([0.4, 0.55, 1.6, 1.8, 2.5]), 50 if v >= 1000 else 25),
+    ),
     "count": ValueType("number", _str, _str, lambda rng, v: v + rng.choice([-1, 1]) * rng.randint(2, 5)),
     "weight": ValueType("number", _str, _str, lambda rng, v: v + rng.choice([-1, 1]) * rng.randint(12, 40)),
     "age": ValueType("number", _str, _str, lambda rng, v: max(19, v + rng.choice([-1, 1]) * rng.randint(3, 9))),
-    "miles": ValueType("number", lambda v, s: f"{v:,}", lambda v, s: f"{v:,}",
-                       lambda rng, v: _round_to(v * rng.choice([0.3, 0.5, 1.5]), 1000)),
-    "calories": ValueType("number", lambda v, s: f"{v:,}", lambda v, s: f"{v:,}",
-                          lambda rng, v: v + rng.choice([-1, 1]) * rng.randrange(300, 900, 50)),
+    "miles": ValueType(
+        "number",
+        lambda v, s: f"{v:,}",
+        lambda v, s: f"{v:,}",
+        lambda rng, v: _round_to(v * rng.choice([0.3, 0.5, 1.5]), 1000),
+    ),
+    "calories": ValueType(
+        "number",
+        lambda v, s: f"{v:,}",
+        lambda v, s: f"{v:,}",
+        lambda rng, v: v + rng.choice([-1, 1]) * rng.randrange(300, 900, 50),
+    ),
     "name": ValueType("text", _str, _str, _name_absent),
     "pet": ValueType("text", _str, _str, _pick_other(PET_NAMES)),
     "city": ValueType("text", _str, _str, _pick_other(US_CITIES + WORLD_CITIES)),
-    "car": ValueType("text", lambda v, s: f"{v[0]} {v[1]}", lambda v, s: f"{v[0]} {v[1]}",
-                     lambda rng, v: (rng.randint(2004, 2023), rng.choice([c for c in CARS if c != v[1]]))),
+    "car": ValueType(
+        "text",
+        lambda v, s: f"{v[0]} {v[1]}",
+        lambda v, s: f"{v[0]} {v[1]}",
+        lambda rng, v: (rng.randint(2004, 2023), rng.choice([c for c in CARS if c != v[1]])),
+    ),
     "camera": ValueType("text", _str, _str, _pick_other(CAMERAS)),
     "school": ValueType("text", _str, _str, _pick_other(SCHOOLS)),
     "role": ValueType("text", _str, _str, _pick_other(ROLES)),
@@ -181,4 +219,3 @@ TYPES: dict[str, ValueType] = {
 VOCABULARY = FEMALE_NAMES + MALE_NAMES + PET_NAMES + US_CITIES + WORLD_CITIES + CARS + CAMERAS + SCHOOLS + ROLES
 """Names, places, products and job titles the judge recognises in free text (one absent from the post is
 invented)."""
-

@@ -23,7 +23,7 @@ import torch
 from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from qstar_lib.lm.collate import pad_batch, pad_token_id
-from qstar_lib.lm.logps import model_device
+from qstar_lib.lm.logps import cache_kwarg, model_device
 from qstar_lib.lm.models import eval_mode
 
 #: The paper's sampling parameters (Appendix G / the PPO comparison): temperature 1 and top-k 50.
@@ -217,7 +217,7 @@ def _generate_batch(model, tokenizer, chunk: list[dict], config, device: torch.d
     attention_mask = batch["attention_mask"].to(device)  # (B, T)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode():
         if prefill_rows > 1 and width > 1:
-            extra["past_key_values"] = _shared_prefill(model, input_ids, attention_mask, prefill_rows)
+            extra[cache_kwarg(model)] = _shared_prefill(model, input_ids, attention_mask, prefill_rows)
         torch.manual_seed(seed)
         generated = model.generate(
             input_ids=input_ids, attention_mask=attention_mask, generation_config=config, **extra,
@@ -243,7 +243,7 @@ def _shared_prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T): padding sits at 0, masked anyway
     cache = DynamicCache(config=model.config)
     model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1], position_ids=positions[:, :-1],
-          past_key_values=cache, use_cache=True)  # fills the cache: (B, heads, T - 1, head_dim) per layer
+          **{cache_kwarg(model): cache}, use_cache=True)  # fills the cache: (B, heads, T - 1, head_dim) per layer
     cache.batch_repeat_interleave(repeats)  # (B * repeats, heads, T - 1, head_dim) per layer
     return cache
 

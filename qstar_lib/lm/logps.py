@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -60,17 +61,32 @@ def forward_accepts(model, name: str) -> bool:
         return False
 
 
+def cache_kwarg(model) -> str:
+    """The keyword under which ``model`` takes a KV cache: ``cache`` (transformers >= 5.2x, where
+    ``past_key_values`` is deprecated) or ``past_key_values`` (earlier releases)."""
+    return "cache" if forward_accepts(model, "cache") else "past_key_values"
+
+
+def output_cache(output):
+    """The KV cache a forward pass returned, under either name (see :func:`cache_kwarg`)."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else getattr(output, "past_key_values", None)
+
+
 def per_token_logps(
     model,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     completion_mask: torch.Tensor,
+    logits_from: int | None = None,
 ) -> torch.Tensor:
     """Per-token log-probs of the completion tokens under ``model``, aligned with ``input_ids``.
 
     Args:
         model: a causal LM returning ``.logits``.
         input_ids, attention_mask, completion_mask: (B, T), padded left or right.
+        logits_from: the first completion column, when already known from the batch on the CPU
+            (:meth:`PairScorer.collate`): the checks and the search that read the mask (device syncs) are skipped.
     Returns:
         (B, T): entry t = log p(input_ids[t] | input_ids[:t]) where completion_mask[t] == 1, else 0.
 
@@ -88,13 +104,10 @@ def per_token_logps(
     B, T = input_ids.shape
     device = input_ids.device
     completion_mask = completion_mask.bool() & attention_mask.bool()  # (B, T)
-    if bool(completion_mask[:, 0].any()):
-        raise ValueError("completion_mask[:, 0] is set: the first token has no context to predict it from")
     out = torch.zeros((B, T), dtype=torch.float32, device=device)
-    if not bool(completion_mask.any()):
+    start = _first_completion_column(completion_mask) if logits_from is None else logits_from
+    if start is None:
         return out
-    # First column holding a completion token in any row; logits are needed from the column before it.
-    start = int(completion_mask.any(dim=0).nonzero()[0])
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
     keep = T - start + 1
     kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
@@ -107,6 +120,23 @@ def per_token_logps(
     out = out.to(logps.dtype)
     out[:, start:] = torch.where(completion_mask[:, start:], logps, torch.zeros_like(logps))
     return out
+
+
+def _first_completion_column(completion_mask: torch.Tensor) -> int | None:
+    """First column holding a completion token in any row (logits are needed from the column before it),
+    None for no completion token; (B, T) boolean mask (completion and attention)."""
+    if bool(completion_mask[:, 0].any()):
+        raise ValueError("completion_mask[:, 0] is set: the first token has no context to predict it from")
+    if not bool(completion_mask.any()):
+        return None
+    return int(completion_mask.any(dim=0).nonzero()[0])
+
+
+def _first_logit_column(batch: Mapping[str, torch.Tensor]) -> int:
+    """Of a shared-prompt batch: the first column whose logits predict a completion token."""
+    src = torch.cat([batch["chosen_src"], batch["rejected_src"]], dim=1)  # (B, Tc + Tr)
+    mask = torch.cat([batch["chosen_mask"], batch["rejected_mask"]], dim=1).bool()  # (B, Tc + Tr)
+    return int(src[mask].min()) if bool(mask.any()) else batch["input_ids"].shape[1] - 1
 
 
 def sequence_logps(per_token_logps: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
@@ -148,6 +178,11 @@ def logits_as_soft_q(logits: torch.Tensor, beta: float = 1.0) -> tuple[torch.Ten
     return q, v, pi
 
 
+def to_device(batch: Mapping[str, Any], device) -> dict[str, Any]:
+    """A batch with its tensors on ``device`` (non-blocking); other entries (``logits_from``) as they are."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
 def model_device(model) -> torch.device:
     """The device of a model's first parameter (CPU for a model without parameters)."""
     try:
@@ -186,7 +221,8 @@ def shared_prompt_per_token_logps(model, batch: Mapping[str, torch.Tensor]) -> t
         # eager attention adds the mask to the scores: 0 where visible, the dtype's minimum elsewhere
         dtype = next(model.parameters()).dtype
         visible = torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill(~visible, torch.finfo(dtype).min)
-    first = int(src[mask].min()) if bool(mask.any()) else L - 1
+    first = batch.get("logits_from")
+    first = _first_logit_column(batch) if first is None else first  # known from the CPU batch: no device sync
     kwargs = dict(input_ids=batch["input_ids"], attention_mask=visible, position_ids=batch["position_ids"],
                   use_cache=False)
     offset = 0
@@ -212,7 +248,8 @@ def shared_prompt_logps(model, batch: Mapping[str, torch.Tensor]) -> tuple[torch
 
 def stacked_pair_logps(model, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed completion log-probs of a ``[chosen; rejected]`` batch: one forward, split in two (B,), (B,)."""
-    per_token = per_token_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+    per_token = per_token_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"],
+                                logits_from=batch.get("logits_from"))
     per_token = per_token.to(torch.promote_types(per_token.dtype, torch.float32))  # float32 at least, float64 kept
     logps = sequence_logps(per_token, batch["completion_mask"])  # (2B,)
     return logps.chunk(2)
@@ -232,8 +269,16 @@ class PairScorer:
         self.shared = share_prompt and supports_shared_prompt(model)
 
     def collate(self, pairs: Sequence[Mapping]) -> dict[str, torch.Tensor]:
-        """The batch of ``pairs`` (outputs of :func:`qstar_lib.lm.collate.encode_pairs`) for this route."""
-        return collate_shared_prompt(pairs, self.pad_token_id) if self.shared else collate_pairs(pairs, self.pad_token_id)
+        """The batch of ``pairs`` (outputs of :func:`qstar_lib.lm.collate.encode_pairs`) for this route.
+
+        Its ``logits_from`` (a Python int, computed here on the CPU) is where the LM head starts, so the forward
+        on a GPU needs no device-to-host sync to find it."""
+        if self.shared:
+            batch = collate_shared_prompt(pairs, self.pad_token_id)
+            return {**batch, "logits_from": _first_logit_column(batch)}
+        batch = collate_pairs(pairs, self.pad_token_id)
+        mask = batch["completion_mask"].bool() & batch["attention_mask"].bool()  # (2B, T)
+        return {**batch, "logits_from": _first_completion_column(mask)}
 
     def __call__(self, model, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed chosen and rejected completion log-probs, (B,) and (B,)."""
@@ -287,7 +332,7 @@ def pair_logps(
         for lo in tqdm(range(0, len(order), batch_size), desc="log-probs", disable=not progress):
             chunk = order[lo : lo + batch_size]
             pairs = [encoded[i] for i in chunk]
-            batch = {k: v.to(device) for k, v in scorer.collate(pairs).items()}
+            batch = to_device(scorer.collate(pairs), device)
             sides = scorer.per_token(model, batch)  # side -> (values, mask, ids), (b, T) each
             for j, (i, pair) in enumerate(zip(chunk, pairs)):
                 row = {}

@@ -27,8 +27,11 @@ import torch
 import torch.nn.functional as F
 from transformers import Cache, LogitsProcessor
 
+from qstar_lib.lm.logps import cache_kwarg, output_cache
+
 __all__ = [
     "implicit_advantage", "proxy_logits", "proxy_distribution", "ProxyTuningLogitsProcessor", "steered_summaries",
+    "logits_at_states", "advantage_along",
 ]
 
 
@@ -125,11 +128,11 @@ class _CachedScorer:
             input_ids=input_ids[:, start:].to(device),  # (B, T - start)
             attention_mask=attention_mask.to(device),  # (B, T): past and new tokens
             position_ids=position_ids[:, start:].to(device),  # (B, T - start)
-            past_key_values=self._cache,
+            **{cache_kwarg(self.model): self._cache},
             use_cache=self.use_cache,
         )
         if self.use_cache:
-            self._cache = out.past_key_values
+            self._cache = output_cache(out)
             self._seen = input_ids.clone()
         return out.logits[:, -1, :].float()  # (B, V)
 
@@ -235,3 +238,46 @@ def steered_summaries(base_model, proxy_model, ref_model, tokenizer, prompts, be
 
     with eval_mode(proxy_model, ref_model):
         return generate_summaries(base_model, tokenizer, prompts, logits_processors=processors, **generate_kwargs)
+
+
+def _model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _encode(tokenizer, prompt: str, completion: str) -> tuple[torch.Tensor, int]:
+    """``(ids (1, T), n_prompt)`` of ``prompt + completion`` on the CPU (no special tokens)."""
+    ids = tokenizer(prompt + completion, return_tensors="pt", add_special_tokens=False).input_ids  # (1, T)
+    return ids, len(tokenizer(prompt, add_special_tokens=False).input_ids)
+
+
+def logits_at_states(models, tokenizer, prompt: str, completion: str, n_states: int = 5,
+                     device: torch.device | str | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Chapter 8's states: ``n_states`` positions from the prompt's last token to the completion's last, (S,),
+    and each model's float64 logits there, (S, V) each, all on ``device`` (default: the first model's).
+
+    The token ids go to each model's own device (a GPU model is not handed CPU ids).
+    """
+    ids, n_prompt = _encode(tokenizer, prompt, completion)
+    device = torch.device(device) if device is not None else _model_device(models[0])
+    states = torch.linspace(n_prompt - 1, ids.shape[1] - 1, n_states).long()  # (S,)
+    out = []
+    with torch.inference_mode():
+        for model in models:
+            logits = model(input_ids=ids.to(_model_device(model))).logits[0]  # (T, V)
+            out.append(logits[states.to(logits.device)].double().to(device))  # (S, V)
+    return states.to(device), out
+
+
+def advantage_along(proxy, ref, tokenizer, prompt: str, completion: str, beta: float,
+                    device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The advantage proxy tuning adds at each token of ``completion`` after ``prompt``, for the token taken:
+    ``(per_token (n,), taken ids (n,))`` on ``device`` (default: the proxy's); ``.cpu()`` before ``.numpy()``."""
+    ids, start = _encode(tokenizer, prompt, completion)
+    device = torch.device(device) if device is not None else _model_device(proxy)
+    with torch.inference_mode():
+        proxy_logits = proxy(input_ids=ids.to(_model_device(proxy))).logits[0].to(device)  # (T, V)
+        ref_logits = ref(input_ids=ids.to(_model_device(ref))).logits[0].to(device)  # (T, V)
+        adv = implicit_advantage(proxy_logits, ref_logits, beta)  # (T, V)
+    taken = ids[0, start:].to(device)  # (n,) the completion's tokens
+    before = adv[start - 1 : ids.shape[1] - 1]  # (n, V): the states that chose them
+    return before.gather(-1, taken[:, None])[:, 0], taken

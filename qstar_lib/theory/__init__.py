@@ -90,13 +90,13 @@ _EXPORTS = {
     "regularised_reward": "tree_search",
     "search_margin": "tree_search",
 }
-__all__ = sorted(_EXPORTS) + ['symbolic', 'tree', 'tree_dpo', 'tree_search', 'tree_plot']
+__all__ = sorted(_EXPORTS) + ["symbolic", "tree", "tree_dpo", "tree_search", "tree_plot"]
 
 
 def __getattr__(name: str):
     if name in _EXPORTS:
         return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    if name in ('symbolic', 'tree', 'tree_dpo', 'tree_search', 'tree_plot'):
+    if name in ("symbolic", "tree", "tree_dpo", "tree_search", "tree_plot"):
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

@@ -130,8 +130,14 @@ class SoftSolution:
     pi_star: Levels  # pi_star[d]: (K**d, K), eq. 5
 
 
-def random_tree(depth: int, branching: int, beta: float = 1.0, seed: int = 0, reward_scale: float = 1.0,
-                ref_temperature: float = 1.0) -> TreeMDP:
+def random_tree(
+    depth: int,
+    branching: int,
+    beta: float = 1.0,
+    seed: int = 0,
+    reward_scale: float = 1.0,
+    ref_temperature: float = 1.0,
+) -> TreeMDP:
     """A random tree: rewards ~ N(0, reward_scale^2), pi_ref = softmax(N(0, 1) / ref_temperature) per state."""
     if depth < 1 or branching < 2:
         raise ValueError(f"need depth >= 1 and branching >= 2, got depth={depth}, branching={branching}")

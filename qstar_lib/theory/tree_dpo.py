@@ -99,8 +99,27 @@ class DPOFit:
         return tuple(softmax(x, axis=1) for x in self.logits)
 
 
-def fit_tabular_dpo(tree: TreeMDP, pairs: PreferencePairs, beta: float | None = None, prior: float = 0.1,
-                    max_iter: int = 100) -> DPOFit:
+def _checked_pairs(tree: TreeMDP, pairs: PreferencePairs, beta: float, prior: float):
+    """The pairs' chosen and rejected trajectory indices as arrays, after checking the fit's arguments."""
+    if beta <= 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+    if prior < 0:
+        raise ValueError(f"prior must be >= 0, got {prior}")
+    n = tree.n_trajectories
+    chosen, rejected = np.asarray(pairs.chosen), np.asarray(pairs.rejected)
+    if chosen.shape != rejected.shape or chosen.ndim != 1:
+        raise ValueError(
+            f"pairs.chosen and pairs.rejected must be 1-d of equal length, got {chosen.shape}, {rejected.shape}"
+        )
+    for name, idx in (("pairs.chosen", chosen), ("pairs.rejected", rejected)):
+        if idx.size and (idx.min() < 0 or idx.max() >= n):
+            raise ValueError(f"{name} must index trajectories 0..{n - 1}")
+    return chosen, rejected
+
+
+def fit_tabular_dpo(
+    tree: TreeMDP, pairs: PreferencePairs, beta: float | None = None, prior: float = 0.1, max_iter: int = 100
+) -> DPOFit:
     """Fit a tabular policy to preference pairs with the DPO loss (eq. 9), full batch, by L-BFGS in float64.
 
     The policy starts at pi_ref (logits = log pi_ref), where every pair's loss is ln 2. The objective is
@@ -116,19 +135,7 @@ def fit_tabular_dpo(tree: TreeMDP, pairs: PreferencePairs, beta: float | None = 
         max_iter: L-BFGS iterations per step (up to 5 steps, until the loss stops changing).
     """
     beta = tree.beta if beta is None else beta
-    if beta <= 0:
-        raise ValueError(f"beta must be > 0, got {beta}")
-    if prior < 0:
-        raise ValueError(f"prior must be >= 0, got {prior}")
-    n = tree.n_trajectories
-    chosen, rejected = np.asarray(pairs.chosen), np.asarray(pairs.rejected)
-    if chosen.shape != rejected.shape or chosen.ndim != 1:
-        raise ValueError(
-            f"pairs.chosen and pairs.rejected must be 1-d of equal length, got {chosen.shape}, {rejected.shape}"
-        )
-    for name, idx in (("pairs.chosen", chosen), ("pairs.rejected", rejected)):
-        if idx.size and (idx.min() < 0 or idx.max() >= n):
-            raise ValueError(f"{name} must index trajectories 0..{n - 1}")
+    chosen, rejected = _checked_pairs(tree, pairs, beta, prior)
     actions, states = enumerate_trajectories(tree.depth, tree.branching)
     act_t, st_t = torch.from_numpy(actions), torch.from_numpy(states)  # (N, D) each
     ref_logits = [torch.log(torch.from_numpy(p)) for p in tree.pi_ref]
@@ -149,8 +156,15 @@ def fit_tabular_dpo(tree: TreeMDP, pairs: PreferencePairs, beta: float | None = 
         penalty = sum(((x - x0) ** 2).sum() for x, x0 in zip(logits, ref_logits))
         return (weight * losses).sum() + l2 * penalty
 
-    optimiser = torch.optim.LBFGS(logits, lr=1.0, max_iter=max_iter, tolerance_grad=1e-10,
-                                  tolerance_change=1e-13, history_size=50, line_search_fn="strong_wolfe")
+    optimiser = torch.optim.LBFGS(
+        logits,
+        lr=1.0,
+        max_iter=max_iter,
+        tolerance_grad=1e-10,
+        tolerance_change=1e-13,
+        history_size=50,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure():
         optimiser.zero_grad()
@@ -185,8 +199,9 @@ def visited_mask(tree: TreeMDP, pairs: PreferencePairs) -> tuple:
     return tuple(mask)
 
 
-def dpo_credit_assignment(tree: TreeMDP, n_pairs: int, seed: int = 0, prior: float = 0.1,
-                          proposal: str = "pi_ref") -> dict:
+def dpo_credit_assignment(
+    tree: TreeMDP, n_pairs: int, seed: int = 0, prior: float = 0.1, proposal: str = "pi_ref"
+) -> dict:
     """Sample ``n_pairs`` Bradley-Terry pairs, fit tabular DPO, compare beta log pi_theta/pi_ref with eq. 10.
 
     Returns ``advantage_agreement`` on the visited state-actions plus ``coverage`` (fraction of all
@@ -214,5 +229,9 @@ def advantage_agreement(learned, target, mask=None) -> dict:
         raise ValueError("need at least two state-actions to compare")
     corr = float(np.corrcoef(x, y)[0, 1]) if x.std() > 0 and y.std() > 0 else float("nan")
     err = x - y
-    return {"corr": corr, "rmse": float(np.sqrt(np.mean(err**2))), "max_err": float(np.max(np.abs(err))),
-            "n": int(x.size)}
+    return {
+        "corr": corr,
+        "rmse": float(np.sqrt(np.mean(err**2))),
+        "max_err": float(np.max(np.abs(err))),
+        "n": int(x.size),
+    }

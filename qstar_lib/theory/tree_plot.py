@@ -31,8 +31,15 @@ def node_positions(depth: int, branching: int) -> list[np.ndarray]:
     return [(np.arange(k**d) * k ** (depth - d) + (k ** (depth - d) - 1) / 2.0) for d in range(depth + 1)]
 
 
-def plot_tree(tree: TreeMDP, solution: SoftSolution, paths: dict | None = None, ax=None,
-              max_depth: int | None = None, label_depth: int = 1, title: str | None = None):
+def plot_tree(
+    tree: TreeMDP,
+    solution: SoftSolution,
+    paths: dict | None = None,
+    ax=None,
+    max_depth: int | None = None,
+    label_depth: int = 1,
+    title: str | None = None,
+):
     """Draw the tree top-down: nodes coloured by V*(s), edges as wide as pi*(a|s), paths highlighted.
 
     Args:
@@ -56,6 +63,58 @@ def plot_tree(tree: TreeMDP, solution: SoftSolution, paths: dict | None = None, 
 
     _draw_edges(ax, xs, solution, depth, k, label_depth)
 
+    handles = _draw_paths(ax, xs, paths, depth, k)
+
+    size = max(12.0, 260.0 / np.sqrt(k ** max(depth - 1, 0)))
+    for d in range(depth + 1):
+        terminal = d == tree.depth
+        colors = "#d0d0d0" if terminal else _cmap()(norm(solution.v_star[d]))
+        ax.scatter(
+            xs[d],
+            np.full(k**d, -d),
+            s=size * (0.5 if terminal else 1.0) / (1 + 0.6 * d),
+            c=colors,
+            edgecolors="#333333",
+            linewidths=0.5,
+            zorder=3,
+        )
+        if not terminal and k**d <= 9:  # room for the numbers: write V* beside the node
+            for x, v in zip(xs[d], solution.v_star[d]):
+                ax.text(
+                    x + 0.012 * k**depth + 0.1,
+                    -d + 0.12,
+                    f"{v:.2f}",
+                    fontsize=8,
+                    ha="left",
+                    va="bottom",
+                    color="#222222",
+                    zorder=5,
+                    bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.7},
+                )
+    handles.append(Line2D([], [], color="#9a9a9a", lw=4, label=r"edge width $\propto \pi^*(a|s)$"))
+    if depth == tree.depth:
+        handles.append(
+            Line2D(
+                [], [], color="#d0d0d0", marker="o", ls="", markeredgecolor="#333333", label=r"terminal state, $V^*=0$"
+            )
+        )
+
+    ax.figure.colorbar(_scalar_mappable(norm), ax=ax, fraction=0.025, pad=0.01, label=r"$V^*(s)$")
+    _style_axes(ax, depth, tree.depth, k)
+    ax.legend(
+        handles=handles,
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        fontsize=9,
+        ncol=min(len(handles), 2 if k**depth < 30 else 3),
+    )
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def _draw_paths(ax, xs, paths: dict | None, depth: int, k: int) -> list:
+    """Overlay action sequences from the root (the first solid, the next dashed/dotted); legend handles."""
     handles = []
     for style, (label, actions) in zip(PATH_STYLES, (paths or {}).items()):
         actions = np.asarray(actions, dtype=np.int64)[:depth]
@@ -64,30 +123,7 @@ def plot_tree(tree: TreeMDP, solution: SoftSolution, paths: dict | None = None, 
         pts.append((xs[len(actions)][states[-1] * k + actions[-1]], -len(actions)))
         ax.plot(*zip(*pts), zorder=2, solid_capstyle="round", **style)
         handles.append(Line2D([], [], label=label, **style))
-
-    size = max(12.0, 260.0 / np.sqrt(k ** max(depth - 1, 0)))
-    for d in range(depth + 1):
-        terminal = d == tree.depth
-        colors = "#d0d0d0" if terminal else _cmap()(norm(solution.v_star[d]))
-        ax.scatter(xs[d], np.full(k**d, -d), s=size * (0.5 if terminal else 1.0) / (1 + 0.6 * d), c=colors,
-                   edgecolors="#333333", linewidths=0.5, zorder=3)
-        if not terminal and k**d <= 9:  # room for the numbers: write V* beside the node
-            for x, v in zip(xs[d], solution.v_star[d]):
-                ax.text(x + 0.012 * k**depth + 0.1, -d + 0.12, f"{v:.2f}", fontsize=8, ha="left", va="bottom",
-                        color="#222222", zorder=5,
-                        bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.7})
-    handles.append(Line2D([], [], color="#9a9a9a", lw=4, label=r"edge width $\propto \pi^*(a|s)$"))
-    if depth == tree.depth:
-        handles.append(Line2D([], [], color="#d0d0d0", marker="o", ls="", markeredgecolor="#333333",
-                              label=r"terminal state, $V^*=0$"))
-
-    ax.figure.colorbar(_scalar_mappable(norm), ax=ax, fraction=0.025, pad=0.01, label=r"$V^*(s)$")
-    _style_axes(ax, depth, tree.depth, k)
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), fontsize=9,
-              ncol=min(len(handles), 2 if k**depth < 30 else 3))
-    if title:
-        ax.set_title(title)
-    return ax
+    return handles
 
 
 def _draw_edges(ax, xs, solution: SoftSolution, depth: int, k: int, label_depth: int) -> None:
@@ -103,9 +139,16 @@ def _draw_edges(ax, xs, solution: SoftSolution, depth: int, k: int, label_depth:
         for i in range(k**d):
             for a in range(k):
                 cx = xs[d + 1][i * k + a]
-                ax.text((xs[d][i] + cx) / 2, -(d + 0.5), f"{solution.pi_star[d][i, a]:.2f}", fontsize=8,
-                        ha="center", va="center", zorder=4,
-                        bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85})
+                ax.text(
+                    (xs[d][i] + cx) / 2,
+                    -(d + 0.5),
+                    f"{solution.pi_star[d][i, a]:.2f}",
+                    fontsize=8,
+                    ha="center",
+                    va="center",
+                    zorder=4,
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85},
+                )
 
 
 def _style_axes(ax, depth: int, tree_depth: int, k: int) -> None:
@@ -147,8 +190,7 @@ def plot_advantage_recovery(n_pairs, metrics, ax=None):
     for panel, key, label in ((ax[0], "corr", "correlation"), (ax[1], "rmse", "RMSE")):
         values = np.array([[m[key] for m in row] for row in metrics])  # (M, seeds)
         for j, col in enumerate(values.T):
-            panel.plot(n_pairs, col, color=COLORS["reference"], alpha=0.35, lw=1,
-                       label="one tree" if j == 0 else None)
+            panel.plot(n_pairs, col, color=COLORS["reference"], alpha=0.35, lw=1, label="one tree" if j == 0 else None)
         panel.plot(n_pairs, values.mean(axis=1), "o-", color=COLORS["policy"], lw=2, label="mean over trees")
         panel.set_xscale("log")
         panel.set_xlabel("preference pairs")

@@ -148,7 +148,7 @@ def mcts(tree: TreeMDP, v_star, n_simulations: int, c_uct: float = 0.5, seed: in
     def recommend() -> tuple:
         d, i, out = 0, 0, []
         while d < depth:
-            q = stats[(d, i)]["q"] if (d, i) in stats else g[d][i] + v_star[d + 1][i * k: i * k + k]
+            q = stats[(d, i)]["q"] if (d, i) in stats else g[d][i] + v_star[d + 1][i * k : i * k + k]
             a = int(np.argmax(q))
             out.append(a)
             d, i = d + 1, i * k + a
