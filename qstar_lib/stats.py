@@ -77,6 +77,7 @@ def bootstrap_ci(
         raise ValueError(f"per-record arguments have different lengths {[len(a) for a in per_record]}")
     if n == 0:
         return float("nan"), float("nan")
-    stats = np.array([statistic(*[[a[i] for i in idx] for a in per_record])
-                      for idx in resample_indices(n, n_boot, seed)])  # (n_boot,)
+    stats = np.array(
+        [statistic(*[[a[i] for i in idx] for a in per_record]) for idx in resample_indices(n, n_boot, seed)]
+    )  # (n_boot,)
     return percentile_interval(stats, confidence)

@@ -78,8 +78,11 @@ def _imports(module: str, path: Path, modules: dict[str, Path]) -> set[str]:
                 if child in modules:  # from qstar_lib.lm import train (a module)
                     targets.add(child)
                 else:  # a name: resolve a lazy export to the module that defines it
-                    targets.add(_exports(node.module, modules).get(alias.name, node.module) if node.module in modules
-                                else node.module)
+                    targets.add(
+                        _exports(node.module, modules).get(alias.name, node.module)
+                        if node.module in modules
+                        else node.module
+                    )
     return {t for t in targets if t != module}
 
 
@@ -94,8 +97,12 @@ def test_every_module_lives_in_a_room(graph):
 
 
 def test_no_arrow_points_up_a_room(graph):
-    bad = [f"{m} ({_room(m)}) imports {t} ({_room(t)})" for m, ts in graph.items() for t in sorted(ts)
-           if _room(t) not in ALLOWED[_room(m)]]
+    bad = [
+        f"{m} ({_room(m)}) imports {t} ({_room(t)})"
+        for m, ts in graph.items()
+        for t in sorted(ts)
+        if _room(t) not in ALLOWED[_room(m)]
+    ]
     assert not bad, "\n".join(bad)
 
 
@@ -121,7 +128,7 @@ def test_no_import_cycle(graph):
         stack.append(m)
         for t in sorted(graph.get(m, ())):
             if state.get(t) == 1:
-                cycle = stack[stack.index(t):] + [t]
+                cycle = stack[stack.index(t) :] + [t]
                 raise AssertionError("import cycle: " + " -> ".join(cycle))
             if t in graph and t not in state:
                 visit(t)
@@ -144,7 +151,7 @@ def _exceptions(doc: str, module: str) -> dict[str, str]:
     out = {}
     for line in doc.splitlines():
         if line.strip().startswith(EXCEPTION_MARK):
-            name, _, reason = line.strip()[len(EXCEPTION_MARK):].partition("--")
+            name, _, reason = line.strip()[len(EXCEPTION_MARK) :].partition("--")
             assert reason.strip(), f"{module}: '{line.strip()}' gives no reason (NAME -- reason)"
             out[name.strip()] = reason.strip()
     return out
@@ -160,8 +167,11 @@ def test_modules_and_functions_stay_small():
         n = len(text.splitlines())
         if n > MAX_MODULE_LINES and "module" not in allowed:
             bad.append(f"{module}: {n} lines")
-        bad += [f"{module}.{name}: {k} lines" for name, k in _function_lengths(tree)
-                if k > MAX_FUNCTION_LINES and name not in allowed]
+        bad += [
+            f"{module}.{name}: {k} lines"
+            for name, k in _function_lengths(tree)
+            if k > MAX_FUNCTION_LINES and name not in allowed
+        ]
         stale = [name for name in allowed if name != "module" and name not in dict(_function_lengths(tree))]
         assert not stale, f"{module}: size exception for {stale}, which it does not define"
     assert not bad, "\n".join(bad)

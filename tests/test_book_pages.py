@@ -183,16 +183,26 @@ def test_extension_numbers_paper_equations_and_ours():
     ext = _load_extension()
     assert ext.paper_number("eq-p7-bellman") == 7 and ext.paper_number("eq-p16-tok-kl") == 16
     assert ext.paper_number("eq-telescoping") is None and ext.paper_number("eq-p7") is None
-    equations = {"eq-p5-soft-pi": ("notebooks/01_x", 1), "eq-telescoping": ("notebooks/01_x", 2),
-                 "eq-p7-tree": ("notebooks/02_y", 3), "eq-mine": ("notebooks/02_y", 4), "eq-other": ("book/page", 5)}
+    equations = {
+        "eq-p5-soft-pi": ("notebooks/01_x", 1),
+        "eq-telescoping": ("notebooks/01_x", 2),
+        "eq-p7-tree": ("notebooks/02_y", 3),
+        "eq-mine": ("notebooks/02_y", 4),
+        "eq-other": ("book/page", 5),
+    }
     fig = {
-        "notebooks/01_x": {"displaymath": {"equation-eq-p5-soft-pi": (1,), "equation-eq-telescoping": (2,)},
-                           "exercise": {"ex-a": (1,), "ex-b": (2,)}},
+        "notebooks/01_x": {
+            "displaymath": {"equation-eq-p5-soft-pi": (1,), "equation-eq-telescoping": (2,)},
+            "exercise": {"ex-a": (1,), "ex-b": (2,)},
+        },
         "notebooks/02_y": {"displaymath": {"equation-eq-mine": (4,), "equation-eq-p7-tree": (3,)}},
         "book/page": {"displaymath": {"equation-eq-other": (5,)}},
     }
-    env = SimpleNamespace(config=SimpleNamespace(numfig=True, math_numfig=True), toc_fignumbers=fig,
-                          get_domain=lambda name: SimpleNamespace(equations=equations))
+    env = SimpleNamespace(
+        config=SimpleNamespace(numfig=True, math_numfig=True),
+        toc_fignumbers=fig,
+        get_domain=lambda name: SimpleNamespace(equations=equations),
+    )
     assert ext._renumber(None, env) == []
     assert fig["notebooks/01_x"]["displaymath"] == {"equation-eq-p5-soft-pi": (5,), "equation-eq-telescoping": (1, 1)}
     assert fig["notebooks/01_x"]["exercise"] == {"ex-a": (1, 1), "ex-b": (1, 2)}

@@ -17,8 +17,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _run(*args: str, cwd: str) -> str:
     env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", "QSTAR_SCALE": "ci"}
-    proc = subprocess.run([sys.executable, "-m", "qstar_lib", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "qstar_lib", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, f"{args[0]} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
 
@@ -78,19 +79,57 @@ def test_sft_dpo_resume_and_score_end_to_end(tiny_folder, data_file, tmp_path):
     sft_dir, dpo_dir = tmp_path / "sft", tmp_path / "dpo"
     common = ["--data", data_file, "--per-device-train-batch-size", "2", "--max-length", "64", "--disable-tqdm"]
     # in-process for speed; the dpo run below goes through a real `python -m qstar_lib` subprocess
-    assert main(["sft", "--model", tiny_folder, "--output-dir", str(sft_dir), "--max-steps", "2",
-                 "--learning-rate", "1e-3", *common]) == 0
+    assert (
+        main(
+            [
+                "sft",
+                "--model",
+                tiny_folder,
+                "--output-dir",
+                str(sft_dir),
+                "--max-steps",
+                "2",
+                "--learning-rate",
+                "1e-3",
+                *common,
+            ]
+        )
+        == 0
+    )
     sft_ckpt = sft_dir / "checkpoint-2"
     assert (sft_ckpt / "model.safetensors").is_file() and (sft_ckpt / "training_state.safetensors").is_file()
     assert len(_jsonl(sft_dir / "history.jsonl")) == 2
 
-    _run("dpo", "--model", str(sft_ckpt), "--output-dir", str(dpo_dir), "--max-steps", "4", "--save-steps", "2",
-         "--learning-rate", "1e-3", "--optim", "rmsprop", *common, cwd=str(tmp_path))
+    _run(
+        "dpo",
+        "--model",
+        str(sft_ckpt),
+        "--output-dir",
+        str(dpo_dir),
+        "--max-steps",
+        "4",
+        "--save-steps",
+        "2",
+        "--learning-rate",
+        "1e-3",
+        "--optim",
+        "rmsprop",
+        *common,
+        cwd=str(tmp_path),
+    )
     history = _jsonl(dpo_dir / "history.jsonl")
     assert [row["step"] for row in history] == [1, 2, 3, 4]
     assert abs(history[0]["loss"] - math.log(2)) < 1e-4
-    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
-                "logps/rejected", "grad_norm", "learning_rate"):
+    for key in (
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/margins",
+        "rewards/accuracies",
+        "logps/chosen",
+        "logps/rejected",
+        "grad_norm",
+        "learning_rate",
+    ):
         assert key in history[0]
 
     # resume from step 2 into a fresh folder copy: same final metrics as the straight run
@@ -103,9 +142,29 @@ def test_sft_dpo_resume_and_score_end_to_end(tiny_folder, data_file, tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the straight run's subprocess (OMP_NUM_THREADS=1): the same computation, bitwise
     try:
-        assert main(["dpo", "--model", str(sft_ckpt), "--output-dir", str(resumed_dir), "--resume-from", "latest",
-                     "--max-steps", "4", "--save-steps", "2", "--learning-rate", "1e-3", "--optim", "rmsprop",
-                     *common]) == 0
+        assert (
+            main(
+                [
+                    "dpo",
+                    "--model",
+                    str(sft_ckpt),
+                    "--output-dir",
+                    str(resumed_dir),
+                    "--resume-from",
+                    "latest",
+                    "--max-steps",
+                    "4",
+                    "--save-steps",
+                    "2",
+                    "--learning-rate",
+                    "1e-3",
+                    "--optim",
+                    "rmsprop",
+                    *common,
+                ]
+            )
+            == 0
+        )
     finally:
         torch.set_num_threads(threads)
     resumed = _jsonl(resumed_dir / "history.jsonl")
@@ -113,8 +172,27 @@ def test_sft_dpo_resume_and_score_end_to_end(tiny_folder, data_file, tmp_path):
     assert resumed[-1]["loss"] == pytest.approx(history[-1]["loss"], abs=1e-6)  # observed 0 (1 or 2 threads here)
 
     out = tmp_path / "scores.jsonl"
-    assert main(["score", "--model", str(dpo_dir / "checkpoint-4"), "--ref-model", str(sft_ckpt), "--data", data_file,
-                 "--out", str(out), "--beta", "0.1", "--max-length", "64", "--disable-tqdm"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--model",
+                str(dpo_dir / "checkpoint-4"),
+                "--ref-model",
+                str(sft_ckpt),
+                "--data",
+                data_file,
+                "--out",
+                str(out),
+                "--beta",
+                "0.1",
+                "--max-length",
+                "64",
+                "--disable-tqdm",
+            ]
+        )
+        == 0
+    )
     rows = _jsonl(out)
     assert len(rows) == 8
     row = rows[0]
@@ -140,8 +218,12 @@ def test_make_data_converts_a_local_tldr_file(tmp_path, capsys):
     rows.insert(1, {"prompt": "Article:\nA storm.\n\nTL;DR:", "chosen": " storm", "rejected": " sun"})
     src, out = write_jsonl(rows, str(tmp_path / "tldr.jsonl")), tmp_path / "out.jsonl"
     with pytest.warns(UserWarning, match="removed 1 of 5"):
-        assert main(["make-data", "--source", "tldr", "--split", "validation", "--path", src, "--n", "0",
-                     "--out", str(out)]) == 0
+        assert (
+            main(
+                ["make-data", "--source", "tldr", "--split", "validation", "--path", src, "--n", "0", "--out", str(out)]
+            )
+            == 0
+        )
     got = _jsonl(out)
     assert [r["prompt"] for r in got] == [r["prompt"] for r in rows if r["prompt"].startswith("SUBREDDIT:")]
     capsys.readouterr()
@@ -156,21 +238,32 @@ GOOD = {"id": "a", "prompt": "POST: He earns 38k. TL;DR:", "chosen": " he earns 
 #: bad one on line 2, so the message must carry the line number, not only the index.
 MALFORMED = [
     ("missing_rejected", {"id": "b", "prompt": "POST: x. TL;DR:", "chosen": " x"}, "'rejected' is missing"),
-    ("identical", {"id": "b", "prompt": "POST: x. TL;DR:", "chosen": " x", "rejected": " x"},
-     "'rejected' is identical to 'chosen'"),
-    ("chosen_number", {"id": "b", "prompt": "POST: x. TL;DR:", "chosen": 38000, "rejected": " x"},
-     "'chosen' is not a string (got int)"),
+    (
+        "identical",
+        {"id": "b", "prompt": "POST: x. TL;DR:", "chosen": " x", "rejected": " x"},
+        "'rejected' is identical to 'chosen'",
+    ),
+    (
+        "chosen_number",
+        {"id": "b", "prompt": "POST: x. TL;DR:", "chosen": 38000, "rejected": " x"},
+        "'chosen' is not a string (got int)",
+    ),
     ("empty_prompt", {"id": "b", "prompt": "", "chosen": " x", "rejected": " y"}, "'prompt' is empty"),
-    ("long_prompt", {"id": "b", "prompt": "word " * 5000, "chosen": " x", "rejected": " y"},
-     "'prompt' has"),
+    ("long_prompt", {"id": "b", "prompt": "word " * 5000, "chosen": " x", "rejected": " y"}, "'prompt' has"),
     ("duplicate_id", {**GOOD, "chosen": " he earns 38k a year"}, "'id' repeats the id of record 0"),
 ]
 
 
 def _run_bad(cmd: list[str], cwd, *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", "QSTAR_SCALE": "ci"}
-    return subprocess.run([sys.executable, "-m", "qstar_lib", *cmd, *extra], cwd=str(cwd), env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "qstar_lib", *cmd, *extra],
+        cwd=str(cwd),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def _write_lines(path, *lines: str) -> str:
@@ -182,8 +275,23 @@ def _write_lines(path, *lines: str) -> str:
 def test_dpo_refuses_a_malformed_record_in_one_line(name, bad, field, tiny_folder, tmp_path):
     data = _write_lines(tmp_path / f"{name}.jsonl", json.dumps(GOOD), json.dumps(bad))
     out = tmp_path / "run"
-    proc = _run_bad(["dpo", "--model", tiny_folder, "--data", data, "--output-dir", str(out), "--max-steps", "1",
-                     "--max-length", "64", "--disable-tqdm"], tmp_path)
+    proc = _run_bad(
+        [
+            "dpo",
+            "--model",
+            tiny_folder,
+            "--data",
+            data,
+            "--output-dir",
+            str(out),
+            "--max-steps",
+            "1",
+            "--max-length",
+            "64",
+            "--disable-tqdm",
+        ],
+        tmp_path,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
@@ -197,8 +305,20 @@ def test_broken_json_line_and_missing_file(tiny_folder, tmp_path):
     proc = _run_bad(["dpo", "--model", tiny_folder, "--data", data, "--output-dir", str(tmp_path / "run")], tmp_path)
     assert proc.returncode == 2 and f"{data}:2: not valid JSON" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "run").exists()
-    proc = _run_bad(["score", "--model", tiny_folder, "--ref-model", tiny_folder, "--data", str(tmp_path / "nope.jsonl"),
-                     "--out", str(tmp_path / "s.jsonl")], tmp_path)
+    proc = _run_bad(
+        [
+            "score",
+            "--model",
+            tiny_folder,
+            "--ref-model",
+            tiny_folder,
+            "--data",
+            str(tmp_path / "nope.jsonl"),
+            "--out",
+            str(tmp_path / "s.jsonl"),
+        ],
+        tmp_path,
+    )
     assert proc.returncode == 2 and "nope.jsonl: no such file" in proc.stderr
     assert not (tmp_path / "s.jsonl").exists()
 
@@ -209,21 +329,55 @@ def test_sft_and_score_validate_too_and_traceback_flag(tiny_folder, tmp_path):
     sft = _run_bad(["sft", "--model", tiny_folder, "--data", data, "--output-dir", str(tmp_path / "sft")], tmp_path)
     assert sft.returncode == 2 and "bad.jsonl:2: record 1 (id b): field 'chosen' is not a string" in sft.stderr
     no_rejected = _write_lines(tmp_path / "sft_ok.jsonl", json.dumps({"prompt": "POST: x. TL;DR:", "chosen": " x"}))
-    ok = _run_bad(["sft", "--model", tiny_folder, "--data", no_rejected, "--max-steps", "1", "--disable-tqdm"], tmp_path)
+    ok = _run_bad(
+        ["sft", "--model", tiny_folder, "--data", no_rejected, "--max-steps", "1", "--disable-tqdm"], tmp_path
+    )
     assert ok.returncode == 0, ok.stderr[-2000:]  # SFT needs no 'rejected'
-    score = _run_bad(["score", "--model", tiny_folder, "--ref-model", tiny_folder, "--data", data,
-                      "--out", str(tmp_path / "s.jsonl"), "--traceback"], tmp_path)
+    score = _run_bad(
+        [
+            "score",
+            "--model",
+            tiny_folder,
+            "--ref-model",
+            tiny_folder,
+            "--data",
+            data,
+            "--out",
+            str(tmp_path / "s.jsonl"),
+            "--traceback",
+        ],
+        tmp_path,
+    )
     assert score.returncode == 1 and "Traceback" in score.stderr and "RecordError" in score.stderr
     assert not (tmp_path / "s.jsonl").exists()
 
 
 def test_drop_invalid_keeps_going_and_prints_the_counts(tiny_folder, tmp_path):
-    lines = [json.dumps(GOOD)] + [json.dumps({**bad, "id": f"bad{i}"}) for i, (_, bad, _) in enumerate(MALFORMED)
-                                  if "id" in bad and bad.get("id") != "a"]
+    lines = [json.dumps(GOOD)] + [
+        json.dumps({**bad, "id": f"bad{i}"})
+        for i, (_, bad, _) in enumerate(MALFORMED)
+        if "id" in bad and bad.get("id") != "a"
+    ]
     data = _write_lines(tmp_path / "mixed.jsonl", *lines)
     out = tmp_path / "s.jsonl"
-    proc = _run_bad(["score", "--model", tiny_folder, "--ref-model", tiny_folder, "--data", data, "--out", str(out),
-                     "--max-length", "64", "--drop-invalid", "--disable-tqdm"], tmp_path)
+    proc = _run_bad(
+        [
+            "score",
+            "--model",
+            tiny_folder,
+            "--ref-model",
+            tiny_folder,
+            "--data",
+            data,
+            "--out",
+            str(out),
+            "--max-length",
+            "64",
+            "--drop-invalid",
+            "--disable-tqdm",
+        ],
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "dropped 5 of 6 records (empty: 1, identical: 1, missing: 1, not_string: 1, too_long: 1)" in proc.stderr
     assert len(_jsonl(out)) == 1
@@ -232,7 +386,22 @@ def test_drop_invalid_keeps_going_and_prints_the_counts(tiny_folder, tmp_path):
 def test_truncated_completions_are_counted(tiny_folder, tmp_path):
     long = {**GOOD, "chosen": " he earns" + " a lot" * 40}
     data = _write_lines(tmp_path / "long.jsonl", json.dumps(long))
-    proc = _run_bad(["score", "--model", tiny_folder, "--ref-model", tiny_folder, "--data", data,
-                     "--out", str(tmp_path / "s.jsonl"), "--max-length", "32", "--disable-tqdm"], tmp_path)
+    proc = _run_bad(
+        [
+            "score",
+            "--model",
+            tiny_folder,
+            "--ref-model",
+            tiny_folder,
+            "--data",
+            data,
+            "--out",
+            str(tmp_path / "s.jsonl"),
+            "--max-length",
+            "32",
+            "--disable-tqdm",
+        ],
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "warning: 1 of 2 completions were truncated to max_length=32" in proc.stderr

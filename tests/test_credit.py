@@ -163,10 +163,16 @@ def test_stitching_hand_made_two_error_cases():
     assert stitching_rate([both + [-9.0]], [[e1, e2]]) == 1.0  # an EOS entry is dropped
 
 
-@pytest.mark.parametrize("scores,k", [
-    ([0.0] * 6, 2), ([0.0] * 6, 3), ([0.0, -1.0, 0.0, 0.0, 0.0, -1.0], 2), ([0.0, -1.0, 0.0, 0.0, 0.0, 0.0], 3),
-    ([1.0, 0.0, 0.0, 0.0, 1.0, 0.0], 4),
-])
+@pytest.mark.parametrize(
+    "scores,k",
+    [
+        ([0.0] * 6, 2),
+        ([0.0] * 6, 3),
+        ([0.0, -1.0, 0.0, 0.0, 0.0, -1.0], 2),
+        ([0.0, -1.0, 0.0, 0.0, 0.0, 0.0], 3),
+        ([1.0, 0.0, 0.0, 0.0, 1.0, 0.0], 4),
+    ],
+)
 def test_stitching_ties_match_the_average_over_tie_breaks(scores, k):
     errors = [[1, 1, 0, 0, 0, 0], [0, 0, 0, 0, 1, 1]]
     assert stitching_rate([scores], [errors], k=k) == pytest.approx(brute_stitching(scores, errors, k), abs=1e-12)
@@ -206,8 +212,10 @@ def test_pair_accuracy():
 
 # -------------------------------------------------------------------------------------------- baselines
 def test_baselines_have_the_shape_of_the_rewards():
-    rows = [{"rejected_rewards": [0.1, -0.3, 0.2], "rejected_per_token_logps": [-1.0, -5.0, -0.5]},
-            {"rejected_rewards": [1.0, 1.0], "rejected_per_token_logps": [-2.0, -0.1]}]
+    rows = [
+        {"rejected_rewards": [0.1, -0.3, 0.2], "rejected_per_token_logps": [-1.0, -5.0, -0.5]},
+        {"rejected_rewards": [1.0, 1.0], "rejected_per_token_logps": [-2.0, -0.1]},
+    ]
     uni = uniform_share(rows)
     assert [len(u) for u in uni] == [3, 2]
     np.testing.assert_allclose(uni[0], [0.0, 0.0, 0.0], atol=1e-15)
@@ -289,16 +297,20 @@ def test_credit_targets_and_table_shape_and_n(table_records, tiny_tokenizer):
             np.testing.assert_array_equal(np.logical_or.reduce(t["error_labels"]), t["labels"].astype(bool))
     rng = np.random.default_rng(0)
     perfect = [-t["labels"] + 0.01 * rng.random(t["n_tokens"] + 1)[:-1] for t in targets]  # errors lowest
-    methods = {"dpo_reward": [np.append(p, 5.0) for p in perfect],  # with an EOS entry
-               "random": random_scores([t["n_tokens"] for t in targets]),
-               "uniform_share": [np.full(t["n_tokens"], 0.3) for t in targets]}
+    methods = {
+        "dpo_reward": [np.append(p, 5.0) for p in perfect],  # with an EOS entry
+        "random": random_scores([t["n_tokens"] for t in targets]),
+        "uniform_share": [np.full(t["n_tokens"], 0.3) for t in targets],
+    }
     chosen, rejected = rng.normal(1, 0.1, len(targets)), rng.normal(0, 0.1, len(targets))
     with pytest.warns(UserWarning, match="no planted-error token.*omission"):
         df = credit_table(methods, targets, pair_scores={"dpo_reward": (chosen, rejected)}, n_boot=20)
     assert list(df.index) == ["dpo_reward", "random", "uniform_share"]
     assert list(df.columns.get_level_values("kind").unique()) == list(TABLE_KINDS)
-    kinds_of = {k: sum(len(t["error_labels"]) == 1 and t["error_kinds"][0] == k for t in targets)
-                for k in ("absent_value", "inserted_claim", "in_post_swap")}
+    kinds_of = {
+        k: sum(len(t["error_labels"]) == 1 and t["error_kinds"][0] == k for t in targets)
+        for k in ("absent_value", "inserted_claim", "in_post_swap")
+    }
     kinds_of["two_errors"] = sum(len(t["error_labels"]) == 2 for t in targets)
     kinds_of["all"] = sum(bool(t["labels"].any()) for t in targets)
     for kind, n in kinds_of.items():
@@ -350,8 +362,9 @@ def test_end_to_end_policy_equal_to_reference_is_exactly_chance(tiny_scored):
     records, tok, ref, same, _ = tiny_scored
     assert all(v == 0.0 for row in same for v in row["rejected_rewards"])
     for rec, target in zip(records, credit_targets(same)):  # the labels the rows carry: localised spans only
-        spans = sorted((e for e in rec["errors"] if e["kind"] in LOCALISED_KINDS and e["start"] >= 0),
-                       key=lambda e: e["start"])
+        spans = sorted(
+            (e for e in rec["errors"] if e["kind"] in LOCALISED_KINDS and e["start"] >= 0), key=lambda e: e["start"]
+        )
         np.testing.assert_array_equal(target["labels"], token_labels(rec["rejected"], spans, tok))
         assert target["kind"] == rec["kind"] and target["error_kinds"] == [e["kind"] for e in spans]
     df = credit_report(same, sft_logps=ref)
@@ -375,4 +388,5 @@ def test_end_to_end_table_has_every_method_and_kind(tiny_scored):
         assert np.all((vals >= 0) & (vals <= 1)), kind
     assert df.loc["sft_surprisal", ("all", "auroc")] == df.loc["base_surprisal", ("all", "auroc")]  # same rows
     assert df.loc["dpo_reward", ("all", "pair_acc")] == pair_accuracy(
-        [r["chosen_reward"] for r in moved], [r["rejected_reward"] for r in moved])
+        [r["chosen_reward"] for r in moved], [r["rejected_reward"] for r in moved]
+    )

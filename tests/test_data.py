@@ -48,9 +48,12 @@ def bpe_tokenizer():
     texts = [r["prompt"] + r["chosen"] + r["rejected"] for r in synthetic_tldr(300, seed=5, split="test")]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(  # digits one by one, as SmolLM2 splits them
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)])
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=600, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        texts, trainers.BpeTrainer(vocab_size=600, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    )
     return PreTrainedTokenizerFast(tokenizer_object=tok)
 
 
@@ -98,8 +101,17 @@ def test_families_and_same_type_values(train):
         assert len(fam.posts) >= 3 and len(fam.summaries) >= 3 and len(fam.claims) >= 5
     from qstar_lib.data import values as ds
 
-    for pool in (ds.FEMALE_NAMES, ds.MALE_NAMES, ds.PET_NAMES, ds.US_CITIES, ds.WORLD_CITIES, ds.CARS, ds.CAMERAS,
-                 ds.SCHOOLS, ds.ROLES):
+    for pool in (
+        ds.FEMALE_NAMES,
+        ds.MALE_NAMES,
+        ds.PET_NAMES,
+        ds.US_CITIES,
+        ds.WORLD_CITIES,
+        ds.CARS,
+        ds.CAMERAS,
+        ds.SCHOOLS,
+        ds.ROLES,
+    ):
         assert len(set(pool)) >= 30
 
 
@@ -128,7 +140,7 @@ def test_spans_point_at_the_planted_value(train):
     n_checked = 0
     for r in train:
         for e in _localised(r):
-            text = r["rejected"][e["start"]:e["end"]]
+            text = r["rejected"][e["start"] : e["end"]]
             assert text and e["planted"].endswith(text)
             assert not text[0].isspace()
             if e["kind"] != "inserted_claim":
@@ -152,11 +164,16 @@ def test_swapped_values_are_in_the_post_and_absent_values_are_not(train):
             if kind == "number":
                 value = round(normalise_number(e["planted"]), 6)
                 in_post = value in numbers
-                other_roles = [s for s, v in r["post_values"].items()
-                               if s != e["slot"] and normalise_number(v) is not None and round(normalise_number(v), 6) == value]
+                other_roles = [
+                    s
+                    for s, v in r["post_values"].items()
+                    if s != e["slot"] and normalise_number(v) is not None and round(normalise_number(v), 6) == value
+                ]
             else:
-                in_post = re.search(r"(?<![A-Za-z0-9])" + re.escape(text_key(e["planted"])) + r"(?![A-Za-z0-9])",
-                                    r["prompt"]) is not None
+                in_post = (
+                    re.search(r"(?<![A-Za-z0-9])" + re.escape(text_key(e["planted"])) + r"(?![A-Za-z0-9])", r["prompt"])
+                    is not None
+                )
                 other_roles = [s for s, v in r["post_values"].items() if s != e["slot"] and v == e["planted"]]
             if e["kind"] == "in_post_swap":
                 assert in_post and other_roles, (e, r["post_values"])
@@ -178,7 +195,7 @@ def test_fig1_example():
     assert "38k" in r["chosen"] and "250k" not in r["chosen"]
     assert "250k" in r["rejected"] and "management position" in r["rejected"]
     assert [e["kind"] for e in r["errors"]] == ["absent_value", "inserted_claim"] and r["n_errors"] == 2
-    assert [r["rejected"][e["start"]:e["end"]] for e in r["errors"]] == ["250k", "for a management position"]
+    assert [r["rejected"][e["start"] : e["end"]] for e in r["errors"]] == ["250k", "for a management position"]
     assert "$38,000" in r["prompt"] and "250" not in r["prompt"]
     validate_records([r])
 
@@ -189,17 +206,33 @@ def test_twenty_thousand_pairs():
 
 
 # ------------------------------------------------------------------------------------------ numbers
-@pytest.mark.parametrize("text, value", [
-    ("38k", 38000), ("$38,000", 38000), ("38 000", 38000), ("$38k", 38000), ("38K", 38000),
-    ("14.5k", 14500), ("$1.2M", 1_200_000), ("2 million", 2_000_000), ("40 grand", 40000),
-    ("$1,250", 1250), ("27F", 27), ("(31M)", 31), ("2015", 2015), ("$ 41,000", 41000),
-])
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("38k", 38000),
+        ("$38,000", 38000),
+        ("38 000", 38000),
+        ("$38k", 38000),
+        ("38K", 38000),
+        ("14.5k", 14500),
+        ("$1.2M", 1_200_000),
+        ("2 million", 2_000_000),
+        ("40 grand", 40000),
+        ("$1,250", 1250),
+        ("27F", 27),
+        ("(31M)", 31),
+        ("2015", 2015),
+        ("$ 41,000", 41000),
+    ],
+)
 def test_number_normalisation(text, value):
     assert normalise_number(text) == value
 
 
 def test_numbers_in_free_text():
-    got = [v for v, _, _ in extract_numbers("Asked 38-45k, offered 38 000; my 2nd offer, a Canon EOS 80D, Sony A7 III.")]
+    got = [
+        v for v, _, _ in extract_numbers("Asked 38-45k, offered 38 000; my 2nd offer, a Canon EOS 80D, Sony A7 III.")
+    ]
     assert got == [38000, 45000, 38000]
 
 
@@ -289,11 +322,17 @@ def _mutate(case):
 
 
 CASES = {  # case -> (field named in the message, reason)
-    "missing": ("chosen", "missing"), "not_string": ("rejected", "not_string"), "empty_prompt": ("prompt", "empty"),
-    "empty_chosen": ("chosen", "empty"), "identical": ("rejected", "identical"),
-    "span_out_of_range": ("errors[0]", "bad_span"), "span_text": ("errors[0]", "bad_span"),
-    "bad_kind": ("errors[0]", "bad_span"), "n_errors": ("n_errors", "bad_span"),
-    "duplicate_id": ("id", "duplicate_id"), "not_dict": ("<record>", "not_dict"),
+    "missing": ("chosen", "missing"),
+    "not_string": ("rejected", "not_string"),
+    "empty_prompt": ("prompt", "empty"),
+    "empty_chosen": ("chosen", "empty"),
+    "identical": ("rejected", "identical"),
+    "span_out_of_range": ("errors[0]", "bad_span"),
+    "span_text": ("errors[0]", "bad_span"),
+    "bad_kind": ("errors[0]", "bad_span"),
+    "n_errors": ("n_errors", "bad_span"),
+    "duplicate_id": ("id", "duplicate_id"),
+    "not_dict": ("<record>", "not_dict"),
 }
 
 
@@ -342,9 +381,11 @@ def test_sft_fields_and_the_entry_points_validate(bpe_tokenizer):
     from qstar_lib.lm.train_config import DPOConfig, SFTConfig
 
     same = [{"prompt": "POST: a. TL;DR:", "chosen": " a", "rejected": " a"}]
-    for call in (lambda: train_dpo(None, None, bpe_tokenizer, same, DPOConfig(max_steps=1)),
-                 lambda: train_sft(None, bpe_tokenizer, [{"prompt": "", "chosen": " a"}], SFTConfig(max_steps=1)),
-                 lambda: pair_logps(None, bpe_tokenizer, same)):
+    for call in (
+        lambda: train_dpo(None, None, bpe_tokenizer, same, DPOConfig(max_steps=1)),
+        lambda: train_sft(None, bpe_tokenizer, [{"prompt": "", "chosen": " a"}], SFTConfig(max_steps=1)),
+        lambda: pair_logps(None, bpe_tokenizer, same),
+    ):
         with pytest.raises(RecordError, match="record 0"):  # before the model is touched (it is None here)
             call()
 
@@ -366,9 +407,15 @@ def test_drop_invalid_reports_counts():
 
 # ------------------------------------------------------------------------------------------ loaders
 def _hub_like_rows():
-    reddit = [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]}
-              for r in synthetic_tldr(6, seed=7, split="test")]
-    cnn = {"prompt": "Article:\nA storm hit the coast on Monday.\n\nTL;DR:", "chosen": " storm hits", "rejected": " sun"}
+    reddit = [
+        {"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]}
+        for r in synthetic_tldr(6, seed=7, split="test")
+    ]
+    cnn = {
+        "prompt": "Article:\nA storm hit the coast on Monday.\n\nTL;DR:",
+        "chosen": " storm hits",
+        "rejected": " sun",
+    }
     return reddit[:3] + [cnn] + reddit[3:]
 
 
@@ -450,12 +497,24 @@ SYNTHETIC_DIGESTS = {
     (0, "test", None, None): "541d00c3e4198cd5615ac9425b49ceccc75796578b3c76c5e95b8abf6dfdf0b0",
     (1, "train", None, None): "09c9a922f6957bde79821d46cb30d0066738cf44a7a6833b2fee984895b057c8",
     (7, "test", None, None): "d0a0a05fd2f7a5fea54bef3acb48db6927af30e53c5cb8267a939b86e516966a",
-    (3, "train", ("in_post_swap", "omission"), None):
-        "97b953945f100a41f4290def227cec6a8312edca036636ff2f12795ce113ce31",
-    (4, "validation", (("two_errors", 2.0), ("verbosity", 1.0), ("absent_value", 1.0)), None):
-        "c4a32682297f72b6f1b95229b75836430ea18788ea97bb908da2c0ec563609d0",
-    (5, "train", None, ("job_offer", "pets", "travel_budget")):
-        "0f29c103d467e54d0cc65cc40ffecbf2095fdeb620dd1ff2a5d90c713b7e1c3d",
+    (
+        3,
+        "train",
+        ("in_post_swap", "omission"),
+        None,
+    ): "97b953945f100a41f4290def227cec6a8312edca036636ff2f12795ce113ce31",
+    (
+        4,
+        "validation",
+        (("two_errors", 2.0), ("verbosity", 1.0), ("absent_value", 1.0)),
+        None,
+    ): "c4a32682297f72b6f1b95229b75836430ea18788ea97bb908da2c0ec563609d0",
+    (
+        5,
+        "train",
+        None,
+        ("job_offer", "pets", "travel_budget"),
+    ): "0f29c103d467e54d0cc65cc40ffecbf2095fdeb620dd1ff2a5d90c713b7e1c3d",
 }
 FIG1_DIGEST = "5427d38a16db1fd79964aba7c5c5e09b58bd46a38d6bf6818a571a3b5cb30d58"
 
@@ -466,13 +525,15 @@ def _sha256(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
-@pytest.mark.parametrize("case", list(SYNTHETIC_DIGESTS),
-                         ids=lambda c: f"seed{c[0]}-{c[1]}" + "-kinds" * bool(c[2]) + "-families" * bool(c[3]))
+@pytest.mark.parametrize(
+    "case",
+    list(SYNTHETIC_DIGESTS),
+    ids=lambda c: f"seed{c[0]}-{c[1]}" + "-kinds" * bool(c[2]) + "-families" * bool(c[3]),
+)
 def test_synthetic_records_are_byte_identical_to_the_in_code_families(case):
     seed, split, kinds, families = case
     kinds = dict(kinds) if kinds and isinstance(kinds[0], tuple) else list(kinds) if kinds else None
-    recs = synthetic_tldr(1000, seed=seed, split=split, kinds=kinds,
-                          families=list(families) if families else None)
+    recs = synthetic_tldr(1000, seed=seed, split=split, kinds=kinds, families=list(families) if families else None)
     assert _sha256(recs) == SYNTHETIC_DIGESTS[case]
 
 
@@ -490,15 +551,18 @@ def test_every_family_is_one_shipped_json_file():
         assert json.loads((folder / f"{name}.json").read_text(encoding="utf-8"))["family"] == name
 
 
-@pytest.mark.parametrize("break_it, where", [
-    (lambda o: o["slots"]["old_dog"].update(type="dog"), "slots.old_dog.type"),
-    (lambda o: o["slots"]["old_age"].pop("range"), "slots.old_age.range"),
-    (lambda o: o["slots"]["new_pup"].update(pool="DOGS"), "slots.new_pup.pool"),
-    (lambda o: o["titles"].append("My {dog} is sick"), "titles[2]"),
-    (lambda o: o["summaries"][1].update(omits=["nope"]), "summaries[1].omits"),
-    (lambda o: o["claims"][0].update(key="not in the text"), "claims[0].key"),
-    (lambda o: o.pop("posts"), "(top level)"),
-])
+@pytest.mark.parametrize(
+    "break_it, where",
+    [
+        (lambda o: o["slots"]["old_dog"].update(type="dog"), "slots.old_dog.type"),
+        (lambda o: o["slots"]["old_age"].pop("range"), "slots.old_age.range"),
+        (lambda o: o["slots"]["new_pup"].update(pool="DOGS"), "slots.new_pup.pool"),
+        (lambda o: o["titles"].append("My {dog} is sick"), "titles[2]"),
+        (lambda o: o["summaries"][1].update(omits=["nope"]), "summaries[1].omits"),
+        (lambda o: o["claims"][0].update(key="not in the text"), "claims[0].key"),
+        (lambda o: o.pop("posts"), "(top level)"),
+    ],
+)
 def test_a_broken_family_file_names_the_file_and_the_key(break_it, where):
     import importlib.resources
 

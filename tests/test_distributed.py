@@ -20,9 +20,25 @@ CONFIGS = ROOT / "configs" / "accelerate"
 def _dpo(
     tmp_path: Path, name: str, launcher: list[str], *flags: str, env: dict | None = None
 ) -> subprocess.CompletedProcess:
-    cmd = launcher + ["-m", "qstar_lib", "dpo", "--model", "tiny", "--data", str(tmp_path / "d.jsonl"),
-                      "--output-dir", str(tmp_path / name), "--max-steps", "2", "--per-device-train-batch-size", "4",
-                      "--learning-rate", "1e-3", "--disable-tqdm", *flags]
+    cmd = launcher + [
+        "-m",
+        "qstar_lib",
+        "dpo",
+        "--model",
+        "tiny",
+        "--data",
+        str(tmp_path / "d.jsonl"),
+        "--output-dir",
+        str(tmp_path / name),
+        "--max-steps",
+        "2",
+        "--per-device-train-batch-size",
+        "4",
+        "--learning-rate",
+        "1e-3",
+        "--disable-tqdm",
+        *flags,
+    ]
     # QSTAR_TEST_THREADS=2 reruns the processes on two threads each (the tolerances below hold for both)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("QSTAR_TEST_THREADS", "1"), **(env or {})}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=str(tmp_path), env=env)

@@ -16,8 +16,19 @@ import torch
 
 from qstar_lib import experiments as ex
 
-TRL_DPO_KEYS = {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
-                "logps/chosen", "logps/rejected", "grad_norm", "learning_rate", "num_tokens", "epoch"}
+TRL_DPO_KEYS = {
+    "loss",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margins",
+    "rewards/accuracies",
+    "logps/chosen",
+    "logps/rejected",
+    "grad_norm",
+    "learning_rate",
+    "num_tokens",
+    "epoch",
+}
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +41,7 @@ def p(cache_path, monkeypatch):
     """A ci preset small enough to train three stages in seconds, cached under a temporary QSTAR_CACHE."""
     monkeypatch.setenv("QSTAR_CACHE", str(cache_path))
     monkeypatch.setenv("QSTAR_SCALE", "ci")
-    return dataclasses.replace(ex.preset("ci"), n_train_pairs=8, n_eval_pairs=4, sft_steps=2, dpo_steps=4,
-                               save_steps=2)
+    return dataclasses.replace(ex.preset("ci"), n_train_pairs=8, n_eval_pairs=4, sft_steps=2, dpo_steps=4, save_steps=2)
 
 
 def _weights(model) -> torch.Tensor:

@@ -29,10 +29,19 @@ from qstar_lib.eval.heatmap import (  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------------ tokens
-@pytest.mark.parametrize("token,text", [
-    ("Ġwas", " was"), ("ĠĠ", "  "), ("Ċ", "\n"), ("▁was", " was"), ("<0x0A>", "\n"), ("was", "was"),
-    ("café", "café"), (" was", " was"),
-])
+@pytest.mark.parametrize(
+    "token,text",
+    [
+        ("Ġwas", " was"),
+        ("ĠĠ", "  "),
+        ("Ċ", "\n"),
+        ("▁was", " was"),
+        ("<0x0A>", "\n"),
+        ("was", "was"),
+        ("café", "café"),
+        (" was", " was"),
+    ],
+)
 def test_display_token_turns_markers_into_spaces(token, text):
     assert display_token(token) == text
 

@@ -44,10 +44,14 @@ def test_http_win_rate_equals_the_gold_judge(records):
 def test_bad_requests_are_400_with_a_message(records):
     with GoldJudgeServer(records[:2]) as server:
         url = server.base_url + "/chat/completions"
-        for payload, expected in ((b"{not json", "bad request"),
-                                  (json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode(), "Appendix-H"),
-                                  (json.dumps({"messages": [{"role": "user", "content": build_prompt("other", "a", "b")}]}).encode(),
-                                   "unknown post")):
+        for payload, expected in (
+            (b"{not json", "bad request"),
+            (json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode(), "Appendix-H"),
+            (
+                json.dumps({"messages": [{"role": "user", "content": build_prompt("other", "a", "b")}]}).encode(),
+                "unknown post",
+            ),
+        ):
             with pytest.raises(urllib.error.HTTPError) as err:
                 urllib.request.urlopen(urllib.request.Request(url, data=payload, method="POST"), timeout=5)
             assert err.value.code == 400 and expected in err.value.read().decode()

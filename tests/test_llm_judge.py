@@ -62,8 +62,11 @@ class StubServer:
                     threading.Event().wait(stub.delay)
                 status, text, *raw = stub.behaviour(body)
                 if status == 200 and not raw:
-                    payload = {"object": "chat.completion", "model": body["model"],
-                               "choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]}
+                    payload = {
+                        "object": "chat.completion",
+                        "model": body["model"],
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}}],
+                    }
                     data = json.dumps(payload).encode()
                 else:
                     data = text.encode()

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from qstar_lib.lm.collate import collate_pairs, encode_pairs, pad_batch
 from qstar_lib.dpo import dpo_loss
+from qstar_lib.lm.collate import collate_pairs, encode_pairs, pad_batch
 from qstar_lib.lm.logps import (
     eq16_per_state,
     forward_accepts,
@@ -236,9 +236,17 @@ def test_score_pairs_carries_the_token_labels_of_planted_errors(tiny_lm):
         assert len(row["rejected_error_labels"]) == len(row["rejected_errors"]) == rec["n_errors"]
         assert row["kind"] == rec["kind"] and row["id"] == rec["id"]
     assert sum(rows[0]["rejected_labels"]) > 0 and [e["kind"] for e in rows[0]["rejected_errors"]] == [
-        e["kind"] for e in sorted(records[0]["errors"], key=lambda e: e["start"])]
-    plain = score_pairs(model, model, tok, [{k: records[0][k] for k in ("prompt", "chosen", "rejected")}], beta=0.1,
-                        max_length=1024, progress=False)
+        e["kind"] for e in sorted(records[0]["errors"], key=lambda e: e["start"])
+    ]
+    plain = score_pairs(
+        model,
+        model,
+        tok,
+        [{k: records[0][k] for k in ("prompt", "chosen", "rejected")}],
+        beta=0.1,
+        max_length=1024,
+        progress=False,
+    )
     assert "rejected_labels" not in plain[0]  # no planted errors, no labels
 
 

@@ -235,7 +235,7 @@ def test_processor_is_reusable_and_works_with_beams(models):
 
 def test_steered_summaries_batch_like_one_prompt_at_a_time(tiny_lm, random_lm):
     """Left-padded batches steer each prompt exactly as it is steered alone, and match a hand-made generate."""
-    from qstar_lib.lm.decoding import generate_summaries, first_paragraph
+    from qstar_lib.lm.decoding import first_paragraph, generate_summaries
     from qstar_lib.lm.proxy import steered_summaries
 
     base, tok = tiny_lm
@@ -247,13 +247,20 @@ def test_steered_summaries_batch_like_one_prompt_at_a_time(tiny_lm, random_lm):
     assert batched == alone
     ids = tok(prompts[2], add_special_tokens=False, return_tensors="pt").input_ids  # (1, P)
     with torch.inference_mode():
-        out = base.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=10,
-                            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                            logits_processor=LogitsProcessorList([ProxyTuningLogitsProcessor(proxy, ref, 1.0)]))
-    assert batched[2] == tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).rstrip()
+        out = base.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=10,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            logits_processor=LogitsProcessorList([ProxyTuningLogitsProcessor(proxy, ref, 1.0)]),
+        )
+    assert batched[2] == tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True).rstrip()
     plain = generate_summaries(base, tok, prompts, batch_size=3, **kw)
     assert steered_summaries(base, proxy, ref, tok, prompts, 0.0, batch_size=3, **kw) == plain  # beta 0: unsteered
     assert batched != plain  # the steering changes something, so the test can tell
-    assert first_paragraph(batched[0]) == steered_summaries(base, proxy, ref, tok, prompts[:1], 1.0, max_new_tokens=10,
-                                                             progress=False)[0]  # newline stop: same first paragraph
-
+    assert (
+        first_paragraph(batched[0])
+        == steered_summaries(base, proxy, ref, tok, prompts[:1], 1.0, max_new_tokens=10, progress=False)[0]
+    )  # newline stop: same first paragraph

@@ -13,7 +13,15 @@ import torch
 
 from qstar_lib.data import synthetic_tldr
 from qstar_lib.eval.judge import compare
-from qstar_lib.eval.sweep import SWEEP_COLUMNS, beam_sweep, best_of_n, best_of_n_comparison, implicit_rewards, plot_beam_sweep, summary_stats
+from qstar_lib.eval.sweep import (
+    SWEEP_COLUMNS,
+    beam_sweep,
+    best_of_n,
+    best_of_n_comparison,
+    implicit_rewards,
+    plot_beam_sweep,
+    summary_stats,
+)
 from qstar_lib.lm.decoding import _prompt_ids, first_paragraph, generate_summaries
 from qstar_lib.lm.value_search import (
     _beam_search,
@@ -66,10 +74,13 @@ def naive_greedy(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
 
 def test_generate_strips_the_prompt_and_batching_changes_nothing_under_greedy(tiny_lm):
     model, tok = tiny_lm
-    batched = generate_summaries(model, tok, PROMPTS, max_new_tokens=8, batch_size=4, progress=False,
-                                 stop_at_newline=False)
-    single = [generate_summaries(model, tok, [p], max_new_tokens=8, batch_size=1, progress=False,
-                                 stop_at_newline=False)[0] for p in PROMPTS]
+    batched = generate_summaries(
+        model, tok, PROMPTS, max_new_tokens=8, batch_size=4, progress=False, stop_at_newline=False
+    )
+    single = [
+        generate_summaries(model, tok, [p], max_new_tokens=8, batch_size=1, progress=False, stop_at_newline=False)[0]
+        for p in PROMPTS
+    ]
     assert isinstance(batched, list) and len(batched) == len(PROMPTS) and all(isinstance(s, str) for s in batched)
     assert batched == single  # left padding with position ids from the mask: the rows do not see each other
     # the output is exactly the continuation (prompt stripped), as a hand-written greedy loop produces it
@@ -97,8 +108,14 @@ def test_shared_prefill_gives_the_same_beams_as_plain_generate(tiny_lm, num_beam
     with prompts of different lengths (left padding) in one batch."""
     model, tok = tiny_lm
     assert len({len(tok(p, add_special_tokens=False).input_ids) for p in PROMPTS}) > 1  # padding is exercised
-    kw = dict(num_beams=num_beams, length_penalty=length_penalty, max_new_tokens=10, batch_size=3, progress=False,
-              stop_at_newline=False)
+    kw = dict(
+        num_beams=num_beams,
+        length_penalty=length_penalty,
+        max_new_tokens=10,
+        batch_size=3,
+        progress=False,
+        stop_at_newline=False,
+    )
     shared = generate_summaries(model, tok, PROMPTS, share_prefill=True, **kw)
     assert shared == generate_summaries(model, tok, PROMPTS, share_prefill=False, **kw)
     top2 = generate_summaries(model, tok, PROMPTS, num_return_sequences=2, **kw)
@@ -107,8 +124,15 @@ def test_shared_prefill_gives_the_same_beams_as_plain_generate(tiny_lm, num_beam
 
 def test_shared_prefill_keeps_the_samples(tiny_lm):
     model, tok = tiny_lm
-    kw = dict(do_sample=True, max_new_tokens=8, progress=False, batch_size=2, seed=3, num_return_sequences=3,
-              stop_at_newline=False)
+    kw = dict(
+        do_sample=True,
+        max_new_tokens=8,
+        progress=False,
+        batch_size=2,
+        seed=3,
+        num_return_sequences=3,
+        stop_at_newline=False,
+    )
     shared = generate_summaries(model, tok, PROMPTS, share_prefill=True, **kw)
     assert len(shared) == 3 * len(PROMPTS)
     assert shared == generate_summaries(model, tok, PROMPTS, share_prefill=False, **kw)
@@ -227,8 +251,13 @@ def test_best_of_n_ranks_by_the_implicit_reward(short_records, eos_lm):
             completion = list(tok(cand, add_special_tokens=False).input_ids) + [tok.eos_token_id]
             ids = torch.tensor([prompt + completion])
             with torch.inference_mode():
-                sums = [torch.log_softmax(m(ids).logits[0, :-1].double(), -1)[len(prompt) - 1 :]
-                        .gather(-1, ids[0, len(prompt) :, None]).sum().item() for m in (policy, ref)]
+                sums = [
+                    torch.log_softmax(m(ids).logits[0, :-1].double(), -1)[len(prompt) - 1 :]
+                    .gather(-1, ids[0, len(prompt) :, None])
+                    .sum()
+                    .item()
+                    for m in (policy, ref)
+                ]
             assert score == pytest.approx(beta * (sums[0] - sums[1]), abs=1e-4)
         assert res.index[i] == int(np.argmax(res.candidate_scores[i]))
         assert res.summaries[i] == res.candidates[i][res.index[i]]
@@ -242,7 +271,11 @@ def test_best_of_n_ranks_by_the_implicit_reward(short_records, eos_lm):
 
 
 VG_CASES = [  # (beta, prompt, num_beams)
-    (0.1, PROMPTS[0], 2), (0.1, PROMPTS[1], 3), (0.1, PROMPTS[3], 3), (1.0, PROMPTS[0], 3), (1.0, PROMPTS[2], 2),
+    (0.1, PROMPTS[0], 2),
+    (0.1, PROMPTS[1], 3),
+    (0.1, PROMPTS[3], 3),
+    (1.0, PROMPTS[0], 3),
+    (1.0, PROMPTS[2], 2),
 ]
 
 

@@ -148,12 +148,17 @@ def test_numeric_token_dpo_loss_matches_the_library_loss():
 
     rng = np.random.default_rng(0)
     lengths, beta_value = (3, 2), 0.1
-    probs = {base: rng.uniform(0.01, 1.0, size=k) for base, k in zip(
-        [S.pi_theta_w, S.pi_ref_w, S.pi_theta_l, S.pi_ref_l], [lengths[0], lengths[0], lengths[1], lengths[1]]
-    )}
+    probs = {
+        base: rng.uniform(0.01, 1.0, size=k)
+        for base, k in zip(
+            [S.pi_theta_w, S.pi_ref_w, S.pi_theta_l, S.pi_ref_l], [lengths[0], lengths[0], lengths[1], lengths[1]]
+        )
+    }
     symbolic = S.evaluate(S.token_dpo_loss(*lengths), {**probs, S.beta: beta_value})
-    summed = [torch.tensor([np.log(probs[b]).sum()], dtype=torch.float64) for b in
-              (S.pi_theta_w, S.pi_theta_l, S.pi_ref_w, S.pi_ref_l)]
+    summed = [
+        torch.tensor([np.log(probs[b]).sum()], dtype=torch.float64)
+        for b in (S.pi_theta_w, S.pi_theta_l, S.pi_ref_w, S.pi_ref_l)
+    ]
     losses, _, _ = dpo_loss(*summed, beta=beta_value)
     assert np.isclose(symbolic, losses.item(), rtol=1e-12, atol=1e-12)
     # eq. 1 with any V*(s_0) gives the same number (V*(s_0) cancels)

@@ -22,8 +22,17 @@ from qstar_lib.lm.throughput import (
 
 
 def _small_neox(**kw) -> GPTNeoXConfig:
-    base = dict(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                rotary_pct=0.25, max_position_embeddings=256, use_parallel_residual=True, tie_word_embeddings=False)
+    base = dict(
+        vocab_size=96,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        rotary_pct=0.25,
+        max_position_embeddings=256,
+        use_parallel_residual=True,
+        tie_word_embeddings=False,
+    )
     return GPTNeoXConfig(**{**base, **kw})
 
 
@@ -81,7 +90,9 @@ def test_packed_counts_equal_a_naive_count():
         n_attended += sum(n_p + j + 1 for j in range(n_c)) + sum(n_p + j + 1 for j in range(n_r))  # prompt + own side
     assert counts["n_tokens"] == n_tokens and counts["n_attended"] == n_attended
     L = batch["input_ids"].shape[1]
-    longest_tail = max(len(p["chosen_input_ids"]) + len(p["rejected_input_ids"]) - 2 * p["chosen_n_prompt"] for p in pairs)
+    longest_tail = max(
+        len(p["chosen_input_ids"]) + len(p["rejected_input_ids"]) - 2 * p["chosen_n_prompt"] for p in pairs
+    )
     assert counts["n_head_positions"] == 3 * (longest_tail + 1) and longest_tail + 1 <= L
 
 
@@ -89,8 +100,16 @@ def test_benchmark_runs_a_dpo_step_from_ln2():
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(_small_neox())
     before = [p.detach().clone() for p in model.parameters()]
-    out = benchmark_dpo_step(model, batch_size=2, prompt_tokens=12, completion_tokens=5, steps=2, warmup=1,
-                             learning_rate=1e-3, progress=False)
+    out = benchmark_dpo_step(
+        model,
+        batch_size=2,
+        prompt_tokens=12,
+        completion_tokens=5,
+        steps=2,
+        warmup=1,
+        learning_rate=1e-3,
+        progress=False,
+    )
     assert math.isclose(out["loss1"], math.log(2), abs_tol=1e-5)  # policy == reference at step 1
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the optimizer stepped
     assert out["n_tokens"] == 2 * (12 + 2 * 5)
@@ -98,8 +117,9 @@ def test_benchmark_runs_a_dpo_step_from_ln2():
     assert out["mfu"] is None and out["peak_flops"] is None  # no GPU peak on a CPU
     assert out["trl_tokens_per_s"] > out["tokens_per_s"]  # TRL counts the prompt twice
     with pytest.raises(ValueError, match="optim"):
-        benchmark_dpo_step(model, batch_size=1, prompt_tokens=4, completion_tokens=2, steps=1, optim="sgd",
-                           progress=False)
+        benchmark_dpo_step(
+            model, batch_size=1, prompt_tokens=4, completion_tokens=2, steps=1, optim="sgd", progress=False
+        )
 
 
 def test_peak_flops_is_none_on_cpu():

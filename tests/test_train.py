@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from qstar_lib.data import RecordError
-
 from qstar_lib.lm import checkpoint as ckpt
 from qstar_lib.lm.collate import collate_pairs, collate_shared_prompt, encode_pairs, encode_sft
 from qstar_lib.lm.logps import per_token_logps, sequence_logps
@@ -25,7 +24,13 @@ def _records(n: int, seed: int = 0) -> list[dict]:
     out = []
     for _ in range(n):
         w = [WORDS[i] for i in torch.randint(len(WORDS), (12,), generator=gen).tolist()]
-        out.append({"prompt": " ".join(w[:6]) + " TL;DR:", "chosen": " " + " ".join(w[6:9]), "rejected": " " + " ".join(w[9:12])})
+        out.append(
+            {
+                "prompt": " ".join(w[:6]) + " TL;DR:",
+                "chosen": " " + " ".join(w[6:9]),
+                "rejected": " " + " ".join(w[9:12]),
+            }
+        )
     return out
 
 
@@ -52,9 +57,16 @@ def _model(tokenizer, seed: int = 0, dtype: torch.dtype = torch.float32):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=4, max_position_embeddings=128, tie_word_embeddings=True,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(seed)
     return LlamaForCausalLM(config).to(dtype)
@@ -82,8 +94,9 @@ def _step_gradients():
 
     def hook(optimizer, args, kwargs):
         params = [p for group in optimizer.param_groups for p in group["params"]]
-        grads.append(torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).detach().flatten().double()
-                                for p in params]))
+        grads.append(
+            torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).detach().flatten().double() for p in params])
+        )
 
     handle = register_optimizer_step_pre_hook(hook)
     try:
@@ -104,7 +117,14 @@ def test_dpo_loss_is_ln2_at_step_one(tokenizer):
     assert first["step"] == 1
     assert abs(first["loss"] - math.log(2)) < 1e-5  # policy == reference before the first update
     assert abs(first["rewards/chosen"]) < 1e-5 and abs(first["rewards/margins"]) < 1e-5
-    for key in ("rewards/rejected", "rewards/accuracies", "logps/chosen", "logps/rejected", "grad_norm", "learning_rate"):
+    for key in (
+        "rewards/rejected",
+        "rewards/accuracies",
+        "logps/chosen",
+        "logps/rejected",
+        "grad_norm",
+        "learning_rate",
+    ):
         assert key in first
 
 
@@ -127,8 +147,14 @@ def test_same_seed_same_metrics(tokenizer):
 
 def test_resume_gives_the_same_weights(tokenizer, tmp_path):
     records = _records(12)
-    config = _dpo(max_steps=6, optim="adamw", warmup_steps=2, lr_scheduler_type="linear", gradient_accumulation_steps=2,
-                  per_device_train_batch_size=2)
+    config = _dpo(
+        max_steps=6,
+        optim="adamw",
+        warmup_steps=2,
+        lr_scheduler_type="linear",
+        gradient_accumulation_steps=2,
+        per_device_train_batch_size=2,
+    )
     straight = _model(tokenizer)
     h_straight = train_dpo(straight, None, tokenizer, records, config)
 
@@ -187,8 +213,9 @@ def test_gradient_accumulation_matches_one_big_batch(tokenizer):
     records = _records(8)
     big, small = _model(tokenizer, dtype=torch.float64), _model(tokenizer, dtype=torch.float64)  # see F64_WEIGHT_TOL
     h_big = train_dpo(big, None, tokenizer, records, _dpo(max_steps=2, per_device_train_batch_size=4))
-    h_acc = train_dpo(small, None, tokenizer, records, _dpo(max_steps=2, per_device_train_batch_size=2,
-                                                            gradient_accumulation_steps=2))
+    h_acc = train_dpo(
+        small, None, tokenizer, records, _dpo(max_steps=2, per_device_train_batch_size=2, gradient_accumulation_steps=2)
+    )
     assert (_params(big) - _params(small)).abs().max().item() < F64_WEIGHT_TOL  # observed 6e-15; x2 bug: 4e-3
     # float64 gradient norm: observed 0; one micro-batch weighted x2 changes it by 37%
     assert h_big[0]["grad_norm"] == pytest.approx(h_acc[0]["grad_norm"], rel=1e-10)
@@ -212,8 +239,12 @@ def test_sft_masks_prompt_tokens(tokenizer):
     assert all(sum(e["completion_mask"]) == e["n_completion"] + 1 for e in enc)  # completion + EOS only
 
     model = _model(tokenizer)
-    history = train_sft(model, tokenizer, records, SFTConfig(max_steps=1, per_device_train_batch_size=4,
-                                                             disable_tqdm=True, learning_rate=1e-3))
+    history = train_sft(
+        model,
+        tokenizer,
+        records,
+        SFTConfig(max_steps=1, per_device_train_batch_size=4, disable_tqdm=True, learning_rate=1e-3),
+    )
     assert history[0]["num_tokens"] == sum(len(e["input_ids"]) for e in enc)  # TRL's count: every non-pad token
     # The logged loss is the mean NLL of completion tokens under the initial model, computed by hand:
     from qstar_lib.lm.collate import pad_batch
@@ -246,7 +277,13 @@ def test_history_dataframe_and_logging_window(tokenizer):
 def test_paper_presets():
     dpo = DPOConfig.paper()
     assert (dpo.optim, dpo.learning_rate, dpo.warmup_steps, dpo.max_grad_norm, dpo.beta, dpo.max_length) == (
-        "rmsprop", 5e-7, 150, 10.0, 0.1, 512)
+        "rmsprop",
+        5e-7,
+        150,
+        10.0,
+        0.1,
+        512,
+    )
     assert (dpo.per_device_train_batch_size, dpo.gradient_accumulation_steps) == (32, 2)
     assert DPOConfig.paper(max_steps=3).max_steps == 3
     sft = SFTConfig.paper()
@@ -254,8 +291,9 @@ def test_paper_presets():
 
 
 def test_warmup_schedule_and_bad_config(tokenizer):
-    history = train_dpo(_model(tokenizer), None, tokenizer, _records(8),
-                        _dpo(max_steps=3, warmup_steps=3, learning_rate=4e-3))
+    history = train_dpo(
+        _model(tokenizer), None, tokenizer, _records(8), _dpo(max_steps=3, warmup_steps=3, learning_rate=4e-3)
+    )
     assert history.column("learning_rate") == pytest.approx([1e-3, 2e-3, 3e-3])
     with pytest.raises(ValueError, match="optim"):
         DPOConfig(optim="sgd")

@@ -32,12 +32,23 @@ def _trl_first_step(policy, ref, tokenizer, records, tmp_path, beta: float) -> d
     from datasets import Dataset
 
     args = trl.DPOConfig(
-        output_dir=str(tmp_path / "trl"), per_device_train_batch_size=len(records), max_steps=1, learning_rate=1e-6,
-        beta=beta, logging_steps=1, report_to="none", save_strategy="no", bf16=False, use_cpu=True,
-        max_length=128, disable_tqdm=True, dataloader_num_workers=0,
+        output_dir=str(tmp_path / "trl"),
+        per_device_train_batch_size=len(records),
+        max_steps=1,
+        learning_rate=1e-6,
+        beta=beta,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        bf16=False,
+        use_cpu=True,
+        max_length=128,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
     )
-    trainer = trl.DPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=Dataset.from_list(records),
-                             processing_class=tokenizer)
+    trainer = trl.DPOTrainer(
+        model=policy, ref_model=ref, args=args, train_dataset=Dataset.from_list(records), processing_class=tokenizer
+    )
     trainer.train()
     logged = [row for row in trainer.state.log_history if "rewards/chosen" in row]
     return logged[0]
@@ -50,9 +61,18 @@ def test_rewards_and_loss_match_trl(policy_and_ref, pair_records, tmp_path):
     policy, ref, tokenizer = policy_and_ref
     beta = 0.3
     ours = train_dpo(
-        copy.deepcopy(policy), ref, tokenizer, pair_records,
-        DPOConfig(per_device_train_batch_size=len(pair_records), max_steps=1, beta=beta, max_length=128,
-                  disable_tqdm=True, learning_rate=1e-6),
+        copy.deepcopy(policy),
+        ref,
+        tokenizer,
+        pair_records,
+        DPOConfig(
+            per_device_train_batch_size=len(pair_records),
+            max_steps=1,
+            beta=beta,
+            max_length=128,
+            disable_tqdm=True,
+            learning_rate=1e-6,
+        ),
     )[0]
     theirs = _trl_first_step(copy.deepcopy(policy), copy.deepcopy(ref), tokenizer, pair_records, tmp_path, beta)
     assert abs(ours["rewards/margins"]) > 1e-3  # the comparison is not trivial

@@ -78,13 +78,22 @@ _EXPORTS = {
     "plot_beam_sweep": "sweep",
     "summary_stats": "sweep",
 }
-__all__ = sorted(_EXPORTS) + ['baselines', 'credit', 'credit_table', 'heatmap', 'judge', 'llm_judge', 'judge_server', 'sweep']
+__all__ = sorted(_EXPORTS) + [
+    "baselines",
+    "credit",
+    "credit_table",
+    "heatmap",
+    "judge",
+    "llm_judge",
+    "judge_server",
+    "sweep",
+]
 
 
 def __getattr__(name: str):
     if name in _EXPORTS:
         return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    if name in ('baselines', 'credit', 'credit_table', 'heatmap', 'judge', 'llm_judge', 'judge_server', 'sweep'):
+    if name in ("baselines", "credit", "credit_table", "heatmap", "judge", "llm_judge", "judge_server", "sweep"):
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

@@ -15,8 +15,15 @@ import numpy as np
 
 from qstar_lib.eval.credit import _vector
 
-__all__ = ["DEFAULT_METHODS", "base_surprisal", "credit_scores", "random_scores", "sft_surprisal", "surprisal_scores",
-           "uniform_share"]
+__all__ = [
+    "DEFAULT_METHODS",
+    "base_surprisal",
+    "credit_scores",
+    "random_scores",
+    "sft_surprisal",
+    "surprisal_scores",
+    "uniform_share",
+]
 
 #: Row order of :func:`qstar_lib.eval.credit_table.credit_table`: the DPO implicit reward and its four baselines.
 DEFAULT_METHODS = ("dpo_reward", "sft_surprisal", "base_surprisal", "random", "uniform_share")
@@ -39,8 +46,14 @@ def surprisal_scores(logps_rows: Sequence[Mapping], side: str = "rejected") -> l
     return _per_token(logps_rows, f"{side}_per_token_logps")
 
 
-def sft_surprisal(model_or_rows, tokenizer=None, records: Sequence[Mapping] | None = None, *,
-                  side: str = "rejected", **pair_logps_kwargs) -> list[np.ndarray]:
+def sft_surprisal(
+    model_or_rows,
+    tokenizer=None,
+    records: Sequence[Mapping] | None = None,
+    *,
+    side: str = "rejected",
+    **pair_logps_kwargs,
+) -> list[np.ndarray]:
     """Baseline: the SFT model's own log-prob of each token, ``+log pi_SFT`` (lower = more suspicious).
 
     A token the SFT model did not expect (a value absent from the post) is flagged without any preference
@@ -61,8 +74,14 @@ def sft_surprisal(model_or_rows, tokenizer=None, records: Sequence[Mapping] | No
     return surprisal_scores(pair_logps(model_or_rows, tokenizer, records, **pair_logps_kwargs), side)
 
 
-def base_surprisal(model_or_rows, tokenizer=None, records: Sequence[Mapping] | None = None, *,
-                   side: str = "rejected", **pair_logps_kwargs) -> list[np.ndarray]:
+def base_surprisal(
+    model_or_rows,
+    tokenizer=None,
+    records: Sequence[Mapping] | None = None,
+    *,
+    side: str = "rejected",
+    **pair_logps_kwargs,
+) -> list[np.ndarray]:
     """Baseline: ``+log pi_base`` per token from the pretrained model before SFT (lower = more suspicious).
 
     Same inputs as :func:`sft_surprisal`. It separates what plain language modelling flags from what SFT on
@@ -102,8 +121,13 @@ def uniform_share(rewards: Sequence, side: str = "rejected") -> list[np.ndarray]
     return [np.full(len(r), r.sum() / len(r)) if len(r) else r for r in _per_token(rewards, f"{side}_rewards")]
 
 
-def credit_scores(scored: Sequence[Mapping], *, sft_logps: Sequence[Mapping] | None = None,
-                  base_logps: Sequence[Mapping] | None = None, seed: int = 0) -> dict[str, list[np.ndarray]]:
+def credit_scores(
+    scored: Sequence[Mapping],
+    *,
+    sft_logps: Sequence[Mapping] | None = None,
+    base_logps: Sequence[Mapping] | None = None,
+    seed: int = 0,
+) -> dict[str, list[np.ndarray]]:
     """The per-token scores of every method for the rejected completions (lower = more suspicious).
 
     ``scored``: :func:`qstar_lib.lm.logps.score_pairs` rows (``dpo_reward`` and ``uniform_share`` come from

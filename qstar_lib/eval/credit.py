@@ -39,7 +39,13 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "MIN_BINS", "align_scores", "auroc", "error_token_auroc", "pair_accuracy", "stitching_rate", "top1_localisation",
+    "MIN_BINS",
+    "align_scores",
+    "auroc",
+    "error_token_auroc",
+    "pair_accuracy",
+    "stitching_rate",
+    "top1_localisation",
     "where_is_the_minimum",
 ]
 
@@ -83,14 +89,19 @@ def align_scores(scores: Sequence[float], n_tokens: int, *, record: Any = None) 
     if len(s) == n_tokens:
         return s
     if len(s) < n_tokens:
-        raise ValueError(f"{where}scores has {len(s)} entries for {n_tokens} completion tokens: the completion was "
-                         f"truncated (use a larger max_length), so error tokens could be missing")
-    raise ValueError(f"{where}scores has {len(s)} entries for {n_tokens} completion tokens (+1 EOS at most): "
-                     f"scores and labels come from different tokenisations")
+        raise ValueError(
+            f"{where}scores has {len(s)} entries for {n_tokens} completion tokens: the completion was "
+            f"truncated (use a larger max_length), so error tokens could be missing"
+        )
+    raise ValueError(
+        f"{where}scores has {len(s)} entries for {n_tokens} completion tokens (+1 EOS at most): "
+        f"scores and labels come from different tokenisations"
+    )
 
 
-def _pairs(records_scores: Sequence, labels: Sequence, *, need_error: bool = False,
-           need_clean: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
+def _pairs(
+    records_scores: Sequence, labels: Sequence, *, need_error: bool = False, need_clean: bool = False
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Aligned (scores, labels) per record, checked; optionally require error / clean tokens in each record."""
     if len(records_scores) != len(labels):
         raise ValueError(f"records_scores has {len(records_scores)} records but labels has {len(labels)}")
@@ -101,10 +112,13 @@ def _pairs(records_scores: Sequence, labels: Sequence, *, need_error: bool = Fal
         lab = _labels(lab, f"record {i}: labels")
         s = align_scores(s, len(lab), record=i)
         if need_error and not lab.any():
-            raise ValueError(f"record {i}: labels has no error token (a non-localised pair?); select records with "
-                             f"n_errors >= 1")
+            raise ValueError(
+                f"record {i}: labels has no error token (a non-localised pair?); select records with n_errors >= 1"
+            )
         if need_clean and lab.all():
-            raise ValueError(f"record {i}: every token is labelled as an error; a within-record AUROC needs clean tokens")
+            raise ValueError(
+                f"record {i}: every token is labelled as an error; a within-record AUROC needs clean tokens"
+            )
         out.append((s, lab))
     return out
 
@@ -136,8 +150,9 @@ def auroc(scores_pos: Sequence[float], scores_neg: Sequence[float]) -> float:
     return float(u / (n_pos * n_neg))
 
 
-def error_token_auroc(records_scores: Sequence[Sequence[float]], labels: Sequence[Sequence[int]], *,
-                      average: str = "pooled") -> float:
+def error_token_auroc(
+    records_scores: Sequence[Sequence[float]], labels: Sequence[Sequence[int]], *, average: str = "pooled"
+) -> float:
     """AUROC of the *negative* per-token score, planted-error tokens (label 1) vs all other response tokens.
 
     Lower score = more suspicious, so 1.0 means every error token scores below every clean token.
@@ -201,8 +216,11 @@ def _p_all_hit(s: np.ndarray, groups: Sequence[np.ndarray], k: int) -> float:
     return float(total)
 
 
-def stitching_rate(records_scores: Sequence[Sequence[float]], error_labels: Sequence[Sequence[Sequence[int]]],
-                   k: int | str = "labelled") -> float:
+def stitching_rate(
+    records_scores: Sequence[Sequence[float]],
+    error_labels: Sequence[Sequence[Sequence[int]]],
+    k: int | str = "labelled",
+) -> float:
     """Fraction of multi-error records where *every* planted error has a token among the k lowest-score tokens.
 
     This measures the paper's "stitching" remark: after a first error, is the second one still found?

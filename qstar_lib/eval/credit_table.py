@@ -48,8 +48,9 @@ class CI(NamedTuple):
     hi: float
 
 
-def _fast_bootstrap(pairs: Sequence[tuple[np.ndarray, np.ndarray]], n_boot: int, seed: int,
-                    confidence: float = 0.95) -> tuple[CI, CI]:
+def _fast_bootstrap(
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]], n_boot: int, seed: int, confidence: float = 0.95
+) -> tuple[CI, CI]:
     """Bootstrap CIs of the pooled error-token AUROC and of top-1, equal to :func:`qstar_lib.stats.bootstrap_ci`
     with ``statistic=error_token_auroc`` / ``top1_localisation`` (the same draws, :func:`qstar_lib.stats.resample_indices`).
 
@@ -75,8 +76,10 @@ def _fast_bootstrap(pairs: Sequence[tuple[np.ndarray, np.ndarray]], n_boot: int,
     top1 = np.array([lab[_argmin_set(s)].mean() for s, lab in pairs])  # (R,)
     top1_boot = top1[idx].mean(axis=1)
     point_auroc = float(U.sum() / (n_err.sum() * n_clean.sum()))
-    return (CI(point_auroc, *percentile_interval(auroc_boot, confidence)),
-            CI(float(top1.mean()), *percentile_interval(top1_boot, confidence)))
+    return (
+        CI(point_auroc, *percentile_interval(auroc_boot, confidence)),
+        CI(float(top1.mean()), *percentile_interval(top1_boot, confidence)),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -94,14 +97,22 @@ def credit_targets(scored: Sequence[Mapping]) -> list[dict]:
     out = []
     for i, row in enumerate(scored):
         if "rejected_labels" not in row:
-            raise KeyError(f"row {i} (id {row.get('id')}) has no field 'rejected_labels': credit needs the score_pairs "
-                           f"rows of planted-error records (records with 'errors')")
+            raise KeyError(
+                f"row {i} (id {row.get('id')}) has no field 'rejected_labels': credit needs the score_pairs "
+                f"rows of planted-error records (records with 'errors')"
+            )
         union = np.asarray(row["rejected_labels"], dtype=np.int8)
         per_error = [np.asarray(lab, dtype=np.int8) for lab in row["rejected_error_labels"]]
-        out.append({
-            "id": row.get("id", i), "kind": row.get("kind"), "n_tokens": len(union), "labels": union,
-            "error_labels": per_error, "error_kinds": [e["kind"] for e in row["rejected_errors"]],
-        })
+        out.append(
+            {
+                "id": row.get("id", i),
+                "kind": row.get("kind"),
+                "n_tokens": len(union),
+                "labels": union,
+                "error_labels": per_error,
+                "error_kinds": [e["kind"] for e in row["rejected_errors"]],
+            }
+        )
     return out
 
 
@@ -113,8 +124,9 @@ def _group(targets: Sequence[dict], kind: str) -> list[int]:
     return [i for i, t in enumerate(targets) if len(t["error_labels"]) == 1 and t["error_kinds"][0] == kind]
 
 
-def _cell(kind: str, sc: list, cell_targets: list[dict], pairs: tuple[list, list] | None, n_boot: int,
-          seed: int) -> dict:
+def _cell(
+    kind: str, sc: list, cell_targets: list[dict], pairs: tuple[list, list] | None, n_boot: int, seed: int
+) -> dict:
     """One method's metrics on one column group: ``sc`` are its scores of the group's records, ``cell_targets``
     their targets, ``pairs`` their (chosen, rejected) sequence scores or None. NaN where not computed."""
     labs = [t["labels"] for t in cell_targets]
@@ -130,8 +142,9 @@ def _cell(kind: str, sc: list, cell_targets: list[dict], pairs: tuple[list, list
     cell["auroc"] = error_token_auroc(sc, labs)
     has_clean = [j for j, lab in enumerate(labs) if not lab.all()]
     if has_clean:
-        cell["auroc_rec"] = error_token_auroc([sc[j] for j in has_clean], [labs[j] for j in has_clean],
-                                              average="per_record")
+        cell["auroc_rec"] = error_token_auroc(
+            [sc[j] for j in has_clean], [labs[j] for j in has_clean], average="per_record"
+        )
     cell["top1"] = top1_localisation(sc, labs)
     if kind == "two_errors":
         errs = [t["error_labels"] for t in cell_targets]
@@ -146,9 +159,15 @@ def _cell(kind: str, sc: list, cell_targets: list[dict], pairs: tuple[list, list
     return cell
 
 
-def credit_table(methods: Mapping[str, Sequence[Sequence[float]]], targets: Sequence[dict], *,
-                 pair_scores: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None,
-                 kinds: Sequence[str] = TABLE_KINDS, n_boot: int = 0, seed: int = 0):
+def credit_table(
+    methods: Mapping[str, Sequence[Sequence[float]]],
+    targets: Sequence[dict],
+    *,
+    pair_scores: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None,
+    kinds: Sequence[str] = TABLE_KINDS,
+    n_boot: int = 0,
+    seed: int = 0,
+):
     """One row per method, one column group per error kind: how well each score finds the planted errors.
 
     Args:
@@ -183,8 +202,12 @@ def credit_table(methods: Mapping[str, Sequence[Sequence[float]]], targets: Sequ
     unlabelled = [t["kind"] for t in targets if not t["labels"].any()]
     if unlabelled:
         counts = {k: unlabelled.count(k) for k in dict.fromkeys(unlabelled)}
-        warnings.warn(f"credit_table: {len(unlabelled)} of {n} records have no planted-error token and get no token "
-                      f"metric (by kind: {counts})", UserWarning, stacklevel=2)
+        warnings.warn(
+            f"credit_table: {len(unlabelled)} of {n} records have no planted-error token and get no token "
+            f"metric (by kind: {counts})",
+            UserWarning,
+            stacklevel=2,
+        )
     order = [m for m in DEFAULT_METHODS if m in methods] + [m for m in methods if m not in DEFAULT_METHODS]
     rows: dict[str, dict] = {m: {} for m in order}
     for kind in kinds:
@@ -204,8 +227,7 @@ def credit_table(methods: Mapping[str, Sequence[Sequence[float]]], targets: Sequ
     return df
 
 
-def minimum_table(methods: Mapping[str, Sequence[Sequence[float]]], targets: Sequence[dict], *,
-                  kind: str = "all"):
+def minimum_table(methods: Mapping[str, Sequence[Sequence[float]]], targets: Sequence[dict], *, kind: str = "all"):
     """:func:`where_is_the_minimum` for every method: rows = methods, columns = :data:`MIN_BINS` and ``n``.
 
     ``kind`` picks the records as in :func:`credit_table` (``"all"``: every record with a planted-error
@@ -227,9 +249,15 @@ def minimum_table(methods: Mapping[str, Sequence[Sequence[float]]], targets: Seq
     return df
 
 
-def credit_report(scored: Sequence[Mapping], *, sft_logps: Sequence[Mapping] | None = None,
-                  base_logps: Sequence[Mapping] | None = None, seed: int = 0, n_boot: int = 0,
-                  kinds: Sequence[str] = TABLE_KINDS):
+def credit_report(
+    scored: Sequence[Mapping],
+    *,
+    sft_logps: Sequence[Mapping] | None = None,
+    base_logps: Sequence[Mapping] | None = None,
+    seed: int = 0,
+    n_boot: int = 0,
+    kinds: Sequence[str] = TABLE_KINDS,
+):
     """:func:`credit_table` straight from score_pairs rows (they carry their token labels) and pair_logps rows.
 
     ``pair_acc`` is filled for ``dpo_reward`` (chosen vs rejected sequence reward) and, when their log-probs

@@ -25,8 +25,17 @@ import numpy as np
 from qstar_lib.eval.credit import align_scores
 from qstar_lib.plots import REWARD_CMAP
 
-__all__ = ["HeatmapHTML", "display_token", "pair_explorer", "pair_rows", "score_color", "show_token_heatmap",
-           "token_heatmap_figure", "token_heatmap_html", "tokens_from_ids"]
+__all__ = [
+    "HeatmapHTML",
+    "display_token",
+    "pair_explorer",
+    "pair_rows",
+    "score_color",
+    "show_token_heatmap",
+    "token_heatmap_figure",
+    "token_heatmap_html",
+    "tokens_from_ids",
+]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -35,7 +44,9 @@ __all__ = ["HeatmapHTML", "display_token", "pair_explorer", "pair_rows", "score_
 @lru_cache(maxsize=1)
 def _byte_decoder() -> dict[str, int]:
     """Inverse of GPT-2's ``bytes_to_unicode``: the printable character byte-level BPE uses for each byte."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    keep = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars, extra = {}, 0
     for b in range(256):
         if b in keep:
@@ -91,7 +102,9 @@ def score_color(score: float, vmax: float) -> tuple[str, str]:
     return to_hex((r, g, b)), ("#ffffff" if luminance < 0.45 else "#111111")
 
 
-def _check(tokens: Sequence[str], scores: Sequence[float], labels: Sequence[int] | None) -> tuple[np.ndarray, list[int]]:
+def _check(
+    tokens: Sequence[str], scores: Sequence[float], labels: Sequence[int] | None
+) -> tuple[np.ndarray, list[int]]:
     s = np.asarray(scores, dtype=np.float64)
     if s.ndim != 1 or len(s) != len(tokens):
         raise ValueError(f"scores has shape {s.shape} for {len(tokens)} tokens")
@@ -113,9 +126,16 @@ class HeatmapHTML(str):
         return str(self)
 
 
-def token_heatmap_html(tokens: Sequence[str], scores: Sequence[float], labels: Sequence[int] | None = None,
-                       vmax: float | None = None, *, title: str | None = None, fmt: str = "{:+.3f}",
-                       legend: bool = True) -> HeatmapHTML:
+def token_heatmap_html(
+    tokens: Sequence[str],
+    scores: Sequence[float],
+    labels: Sequence[int] | None = None,
+    vmax: float | None = None,
+    *,
+    title: str | None = None,
+    fmt: str = "{:+.3f}",
+    legend: bool = True,
+) -> HeatmapHTML:
     """Inline-styled HTML: each token a ``<span>`` coloured by its score, planted-error tokens underlined.
 
     The scale is symmetric, [-vmax, vmax] with vmax = max |score| unless given (pass one vmax to compare
@@ -133,8 +153,10 @@ def token_heatmap_html(tokens: Sequence[str], scores: Sequence[float], labels: S
         tip = f"{text!r}: {fmt.format(v)}" + (" (planted error)" if is_err else "")
         style = f"background-color:{bg};color:{fg};border-radius:2px;padding:1px 0;"
         if is_err:
-            style += ("text-decoration:underline;text-decoration-color:#000000;text-decoration-thickness:2px;"
-                      "text-underline-offset:4px;text-decoration-skip-ink:none;")
+            style += (
+                "text-decoration:underline;text-decoration-color:#000000;text-decoration-thickness:2px;"
+                "text-underline-offset:4px;text-decoration-skip-ink:none;"
+            )
         spans.append(f'<span title="{html.escape(tip, quote=True)}" style="{style}">{html.escape(text)}</span>')
     parts = ['<div class="qstar-heatmap" style="font-family:sans-serif;line-height:1.9;">']
     if title:
@@ -148,14 +170,21 @@ def token_heatmap_html(tokens: Sequence[str], scores: Sequence[float], labels: S
             f'<div style="font-size:0.8em;color:#555;">'
             f'<span style="display:inline-block;width:120px;height:0.8em;vertical-align:middle;'
             f'background:linear-gradient(to right,{lo},{mid},{hi});"></span> '
-            f'{html.escape(fmt.format(-vm))} to {html.escape(fmt.format(vm))}; lower = more suspicious'
-            + ("; <u>underlined</u> = planted error" if any(lab) else "") + "</div>")
+            f"{html.escape(fmt.format(-vm))} to {html.escape(fmt.format(vm))}; lower = more suspicious"
+            + ("; <u>underlined</u> = planted error" if any(lab) else "")
+            + "</div>"
+        )
     parts.append("</div>")
     return HeatmapHTML("".join(parts))
 
 
-def show_token_heatmap(tokens: Sequence[str], scores: Sequence[float], labels: Sequence[int] | None = None,
-                       vmax: float | None = None, **kwargs):
+def show_token_heatmap(
+    tokens: Sequence[str],
+    scores: Sequence[float],
+    labels: Sequence[int] | None = None,
+    vmax: float | None = None,
+    **kwargs,
+):
     """:func:`token_heatmap_html` wrapped in ``IPython.display.HTML`` (for ``display(...)``)."""
     from IPython.display import HTML
 
@@ -202,8 +231,20 @@ def _checked_panels(rows: Sequence[tuple]) -> list[tuple]:
     return panels
 
 
-def _draw_panel(ax, panel: tuple, placed: list[tuple], *, width: float, height: float, title_h: float, line_h: float,
-                box_h: float, fontsize: float, vmax: float, show_values: bool) -> None:
+def _draw_panel(
+    ax,
+    panel: tuple,
+    placed: list[tuple],
+    *,
+    width: float,
+    height: float,
+    title_h: float,
+    line_h: float,
+    box_h: float,
+    fontsize: float,
+    vmax: float,
+    show_values: bool,
+) -> None:
     """One panel of :func:`token_heatmap_figure`: its title, then the placed token boxes (units: inches)."""
     from matplotlib.patches import Rectangle
 
@@ -220,14 +261,61 @@ def _draw_panel(ax, panel: tuple, placed: list[tuple], *, width: float, height: 
         if is_err:
             ax.plot([x, x + w], [y + box_h + 0.03] * 2, color="black", linewidth=1.8, solid_capstyle="butt")
         if show_values:
-            ax.text(x + w / 2, y + box_h + 0.1, f"{v:+.2f}", fontsize=fontsize * 0.55, color="#444",
-                    ha="center", va="center")
+            ax.text(
+                x + w / 2,
+                y + box_h + 0.1,
+                f"{v:+.2f}",
+                fontsize=fontsize * 0.55,
+                color="#444",
+                ha="center",
+                va="center",
+            )
 
 
-def token_heatmap_figure(rows: Sequence[tuple], *, ncols: int | None = None, vmax: float | None = None,
-                         panel_width: float = 5.6, fontsize: float = 10.0, show_values: bool = False,
-                         cbar_label: str = r"per-token score  $\beta \log \pi_\theta / \pi_{\mathrm{ref}}$",
-                         suptitle: str | None = None):
+def _draw_grid(fig, panels, layouts, grid_h, ncols: int, frame: tuple, geometry: dict) -> None:
+    """One axes per panel, row by row, in a figure whose size and gaps (inches) are ``frame``."""
+    W, H, margin, panel_width, gap_x, gap_y = frame
+    nrows = len(grid_h)
+    top = margin
+    for r in range(nrows):
+        for c in range(ncols):
+            j = r * ncols + c
+            if j >= len(panels):
+                break
+            x0 = margin + c * (panel_width + gap_x)
+            ax = fig.add_axes((x0 / W, 1 - (top + grid_h[r]) / H, panel_width / W, grid_h[r] / H))
+            _draw_panel(
+                ax,
+                panels[j],
+                layouts[j][0],
+                width=panel_width,
+                height=grid_h[r],
+                **geometry,
+            )
+        top += grid_h[r] + gap_y
+
+
+def _colorbar(fig, mappable, label: str, W: float, H: float, margin: float, fontsize: float) -> None:
+    """The shared horizontal colourbar under the panels (figure of W x H inches)."""
+    cw = min(4.0, W - 2 * margin)
+    cax = fig.add_axes(((W - cw) / 2 / W, (margin + 0.38) / H, cw / W, 0.12 / H))
+    cb = fig.colorbar(mappable, cax=cax, orientation="horizontal")
+    cb.set_label(label, fontsize=fontsize - 1)
+    cb.ax.tick_params(labelsize=fontsize - 2)
+    cb.ax.grid(False)
+
+
+def token_heatmap_figure(
+    rows: Sequence[tuple],
+    *,
+    ncols: int | None = None,
+    vmax: float | None = None,
+    panel_width: float = 5.6,
+    fontsize: float = 10.0,
+    show_values: bool = False,
+    cbar_label: str = r"per-token score  $\beta \log \pi_\theta / \pi_{\mathrm{ref}}$",
+    suptitle: str | None = None,
+):
     """Token heatmaps as a matplotlib figure, like the paper's Fig. 1: wrapped text boxes coloured by score.
 
     Args:
@@ -268,32 +356,20 @@ def token_heatmap_figure(rows: Sequence[tuple], *, ncols: int | None = None, vma
     box_h = fontsize / 72 * 1.35
     title_h, gap_x, gap_y, cbar_h, margin = 0.32, 0.35, 0.25, 0.75, 0.08
     layouts = [_layout(p[1], panel_width, fontsize, measure) for p in panels]
-    grid_h = [max(layouts[j][1] for j in range(r * ncols, min((r + 1) * ncols, len(panels)))) * line_h + title_h
-              for r in range(nrows)]
+    grid_h = [
+        max(layouts[j][1] for j in range(r * ncols, min((r + 1) * ncols, len(panels)))) * line_h + title_h
+        for r in range(nrows)
+    ]
     W = 2 * margin + ncols * panel_width + (ncols - 1) * gap_x
     H = 2 * margin + sum(grid_h) + (nrows - 1) * gap_y + cbar_h
     fig.set_size_inches(W, H)
 
     cmap = plt.get_cmap(REWARD_CMAP)
     norm = Normalize(-vm, vm)
-    top = margin
-    for r in range(nrows):
-        for c in range(ncols):
-            j = r * ncols + c
-            if j >= len(panels):
-                break
-            x0 = margin + c * (panel_width + gap_x)
-            ax = fig.add_axes((x0 / W, 1 - (top + grid_h[r]) / H, panel_width / W, grid_h[r] / H))
-            _draw_panel(ax, panels[j], layouts[j][0], width=panel_width, height=grid_h[r], title_h=title_h,
-                        line_h=line_h, box_h=box_h, fontsize=fontsize, vmax=vm, show_values=show_values)
-        top += grid_h[r] + gap_y
-    cw = min(4.0, W - 2 * margin)
-    cax = fig.add_axes(((W - cw) / 2 / W, (margin + 0.38) / H, cw / W, 0.12 / H))
-    cb = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=cax, orientation="horizontal")
-    cb.set_label(cbar_label + ("   (underlined: planted error)" if any(any(p[3]) for p in panels) else ""),
-                 fontsize=fontsize - 1)
-    cb.ax.tick_params(labelsize=fontsize - 2)
-    cb.ax.grid(False)
+    geometry = dict(title_h=title_h, line_h=line_h, box_h=box_h, fontsize=fontsize, vmax=vm, show_values=show_values)
+    _draw_grid(fig, panels, layouts, grid_h, ncols, (W, H, margin, panel_width, gap_x, gap_y), geometry)
+    label = cbar_label + ("   (underlined: planted error)" if any(any(p[3]) for p in panels) else "")
+    _colorbar(fig, ScalarMappable(norm=norm, cmap=cmap), label, W, H, margin, fontsize)
     if suptitle:
         fig.suptitle(suptitle, y=1 + 0.25 / H, fontsize=fontsize + 2)
     return fig
@@ -353,10 +429,12 @@ def pair_explorer(scored: Sequence[Mapping], tokenizer, *, vmax: float | None = 
         panels = pair_rows(row, tokenizer)
         planted = [f"{e.get('planted', '')!r} ({e['kind']})" for e in row.get("rejected_errors", [])]
         margin = row.get("margin", row["chosen_reward"] - row["rejected_reward"])
-        summary.value = (f"<b>{html.escape(str(row.get('kind', '')))}</b> &nbsp; planted: "
-                         f"{html.escape(', '.join(planted) or 'none')} &nbsp; | &nbsp; chosen reward "
-                         f"{row['chosen_reward']:+.3f}, rejected reward {row['rejected_reward']:+.3f}, "
-                         f"margin {margin:+.3f}")
+        summary.value = (
+            f"<b>{html.escape(str(row.get('kind', '')))}</b> &nbsp; planted: "
+            f"{html.escape(', '.join(planted) or 'none')} &nbsp; | &nbsp; chosen reward "
+            f"{row['chosen_reward']:+.3f}, rejected reward {row['rejected_reward']:+.3f}, "
+            f"margin {margin:+.3f}"
+        )
         for box, (title, toks, sc, lab) in zip((chosen, rejected), panels):
             box.value = str(token_heatmap_html(toks, sc, lab, vmax, title=title, legend=box is rejected))
 

@@ -34,8 +34,22 @@ CUE_WINDOW = 6  # how many words before a value a role cue may stand
 AFTER_WINDOW = 2  # how many words after a value a unit cue ("6 years") may stand
 TIE_TOL = 1e-9
 
-NUMBER_WORDS = {"two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9,
-                "ten": 10, "eleven": 11, "twelve": 12, "fifteen": 15, "twenty": 20, "thirty": 30}
+NUMBER_WORDS = {
+    "two": 2,
+    "three": 3,
+    "four": 4,
+    "five": 5,
+    "six": 6,
+    "seven": 7,
+    "eight": 8,
+    "nine": 9,
+    "ten": 10,
+    "eleven": 11,
+    "twelve": 12,
+    "fifteen": 15,
+    "twenty": 20,
+    "thirty": 30,
+}
 """Number words credited when they state a fact ("three other people"); never counted as invented."""
 
 _WORD_RE = re.compile(r"[A-Za-z]+")
@@ -85,8 +99,11 @@ class _Slots:
         self.number: dict[str, float] = {}
         self.text: dict[str, str] = {}
         for s, v in {**self.facts, **self.post_values}.items():
-            kind = TYPES[self.slots[s].type].kind if s in self.slots else (
-                "number" if normalise_number(v) is not None and text_key(v) == "" else "text")
+            kind = (
+                TYPES[self.slots[s].type].kind
+                if s in self.slots
+                else ("number" if normalise_number(v) is not None and text_key(v) == "" else "text")
+            )
             if kind == "number" and normalise_number(v) is not None:
                 self.number[s] = _key(normalise_number(v))
             elif kind == "text":
@@ -176,9 +193,16 @@ def score_summary(summary: str, record: dict) -> JudgeScore:
     n_words = len(summary.split())
     score = (n_correct - CONTRADICTION_WEIGHT * len(contradicted) - INVENTION_WEIGHT * len(invented)) / max(n_facts, 1)
     score -= LENGTH_PENALTY * max(0, n_words - WORD_BUDGET)
-    return JudgeScore(n_correct=n_correct, n_contradicted=len(contradicted), n_invented=len(invented),
-                      n_words=n_words, n_facts=n_facts, score=float(score),
-                      invented=tuple(invented), contradicted=tuple(sorted(contradicted)))
+    return JudgeScore(
+        n_correct=n_correct,
+        n_contradicted=len(contradicted),
+        n_invented=len(invented),
+        n_words=n_words,
+        n_facts=n_facts,
+        score=float(score),
+        invented=tuple(invented),
+        contradicted=tuple(sorted(contradicted)),
+    )
 
 
 def compare(record: dict, summary_a: str, summary_b: str) -> float:

@@ -30,8 +30,17 @@ from qstar_lib.eval.llm_judge import JUDGE_PROMPT
 _HEAD, _REST = JUDGE_PROMPT.split("{post}")
 _MID_A, _REST = _REST.split("{summary_a}")
 _MID_B, _TAIL = _REST.split("{summary_b}")
-_PROMPT_RE = re.compile(re.escape(_HEAD) + r"(?P<post>.*)" + re.escape(_MID_A) + r"(?P<a>.*)" + re.escape(_MID_B)
-                        + r"(?P<b>.*)" + re.escape(_TAIL) + r"\Z", flags=re.DOTALL)
+_PROMPT_RE = re.compile(
+    re.escape(_HEAD)
+    + r"(?P<post>.*)"
+    + re.escape(_MID_A)
+    + r"(?P<a>.*)"
+    + re.escape(_MID_B)
+    + r"(?P<b>.*)"
+    + re.escape(_TAIL)
+    + r"\Z",
+    flags=re.DOTALL,
+)
 
 
 def parse_judge_prompt(prompt: str) -> tuple[str, str, str]:
@@ -46,11 +55,15 @@ def gold_answer(record: Mapping, summary_a: str, summary_b: str) -> str:
     """The answer a careful judge with the gold judge's knowledge would give, in the Appendix-H format."""
     a, b = score_summary(summary_a, record), score_summary(summary_b, record)
     if abs(a.score - b.score) <= TIE_TOL:
-        return (f"Comparison: Both summaries score {a.score:.2f} against the post's facts, so neither is better.\n"
-                "Preferred: neither")
+        return (
+            f"Comparison: Both summaries score {a.score:.2f} against the post's facts, so neither is better.\n"
+            "Preferred: neither"
+        )
     best = "A" if a.score > b.score else "B"
-    return (f"Comparison: Summary {best} states the post's facts more faithfully (gold-judge score "
-            f"{max(a.score, b.score):.2f} against {min(a.score, b.score):.2f}).\nPreferred: {best}")
+    return (
+        f"Comparison: Summary {best} states the post's facts more faithfully (gold-judge score "
+        f"{max(a.score, b.score):.2f} against {min(a.score, b.score):.2f}).\nPreferred: {best}"
+    )
 
 
 class GoldJudgeServer:
@@ -85,9 +98,16 @@ class GoldJudgeServer:
                     return self._send(400, {"error": {"message": "unknown post: not among the server's records"}})
                 server.requests += 1
                 answer = gold_answer(record, summary_a, summary_b)
-                self._send(200, {"object": "chat.completion", "model": body.get("model", "gold-judge"),
-                                 "choices": [{"index": 0, "finish_reason": "stop",
-                                              "message": {"role": "assistant", "content": answer}}]})
+                self._send(
+                    200,
+                    {
+                        "object": "chat.completion",
+                        "model": body.get("model", "gold-judge"),
+                        "choices": [
+                            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": answer}}
+                        ],
+                    },
+                )
 
             def _send(self, status: int, payload: dict) -> None:
                 data = json.dumps(payload).encode()

@@ -34,7 +34,6 @@ import json
 import logging
 import random
 import re
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -302,7 +301,7 @@ class LLMJudge:
                 self._scrub(f"HTTP {e.code} from {self.base_url}/chat/completions: {snippet}"),
                 retryable=e.code in RETRY_STATUS,
             ) from None
-        except (urllib.error.URLError, http.client.HTTPException, TimeoutError, socket.timeout, ConnectionError) as e:
+        except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as e:
             reason = getattr(e, "reason", e)
             raise JudgeHTTPError(
                 self._scrub(f"no response from {self.base_url}/chat/completions: {type(e).__name__}: {reason}"),
@@ -361,7 +360,10 @@ class LLMJudge:
         if preferred is None:
             log.warning("unparsable judge answer: %r", answer[:200])
             return Comparison(
-                candidate_side=side, outcome="unparsable", answer=answer, attempts=attempts,
+                candidate_side=side,
+                outcome="unparsable",
+                answer=answer,
+                attempts=attempts,
                 detail="no 'Preferred: A/B' and no last line with only A or B",
             )
         outcome = "win" if preferred == side else "loss"

@@ -28,7 +28,15 @@ from qstar_lib.stats import bootstrap_ci
 
 #: Columns of the table :func:`beam_sweep` returns.
 SWEEP_COLUMNS = (
-    "decoding", "num_beams", "length_penalty", "win_rate", "ci_low", "ci_high", "mean_tokens", "mean_words", "n",
+    "decoding",
+    "num_beams",
+    "length_penalty",
+    "win_rate",
+    "ci_low",
+    "ci_high",
+    "mean_tokens",
+    "mean_words",
+    "n",
 )
 
 
@@ -110,8 +118,13 @@ def beam_sweep(
     prompts = [record_field(r, i, "prompt") for i, r in enumerate(records)]
     for i, r in enumerate(records):
         record_field(r, i, "chosen")
-    gen = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, stop_at_newline=stop_at_newline,
-               progress=progress)
+    gen = dict(
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        seed=seed,
+        stop_at_newline=stop_at_newline,
+        progress=progress,
+    )
     stats = dict(confidence=confidence, n_boot=n_boot, seed=seed)
     rows, summaries, outcomes = [], {}, {}
     greedy = None
@@ -122,15 +135,17 @@ def beam_sweep(
                     greedy = generate_summaries(model, tokenizer, prompts, num_beams=1, **gen)
                 texts = greedy
             else:
-                texts = generate_summaries(model, tokenizer, prompts, num_beams=k, length_penalty=lp,
-                                           early_stopping=early_stopping, **gen)
+                texts = generate_summaries(
+                    model, tokenizer, prompts, num_beams=k, length_penalty=lp, early_stopping=early_stopping, **gen
+                )
             s = summary_stats(records, texts, tokenizer, judge, **stats)
             key = ("beam", k, float(lp))
             summaries[key], outcomes[key] = texts, s.pop("outcomes")
             rows.append({"decoding": "beam", "num_beams": k, "length_penalty": float(lp), **s})
     if include_sampling:
-        texts = generate_summaries(model, tokenizer, prompts, do_sample=True, temperature=temperature, top_k=top_k,
-                                   **gen)
+        texts = generate_summaries(
+            model, tokenizer, prompts, do_sample=True, temperature=temperature, top_k=top_k, **gen
+        )
         s = summary_stats(records, texts, tokenizer, judge, **stats)
         key = ("sample", 1, float("nan"))
         summaries[key], outcomes[key] = texts, s.pop("outcomes")
@@ -208,8 +223,17 @@ class BestOfN:
         return [c[0] for c in self.candidates]
 
 
-def implicit_rewards(policy, ref_model, tokenizer, prompts: Sequence[str], completions: Sequence[str], beta: float,
-                     *, batch_size: int = 8, max_length: int = 1024) -> list[float]:
+def implicit_rewards(
+    policy,
+    ref_model,
+    tokenizer,
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    beta: float,
+    *,
+    batch_size: int = 8,
+    max_length: int = 1024,
+) -> list[float]:
     """Sequence-level implicit reward beta * (log pi_theta(y|x) - log pi_ref(y|x)) of each completion.
 
     Completions are encoded as in training (:func:`qstar_lib.lm.collate.encode_completion`: prompt ids +
@@ -223,8 +247,10 @@ def implicit_rewards(policy, ref_model, tokenizer, prompts: Sequence[str], compl
     out: list[float] = []
     with eval_mode(policy, ref_model), torch.inference_mode():
         for lo in range(0, len(prompts), batch_size):
-            enc = [encode_completion(p, c, tokenizer, max_length=max_length)
-                   for p, c in zip(prompts[lo : lo + batch_size], completions[lo : lo + batch_size])]
+            enc = [
+                encode_completion(p, c, tokenizer, max_length=max_length)
+                for p, c in zip(prompts[lo : lo + batch_size], completions[lo : lo + batch_size])
+            ]
             batch = pad_batch(enc, pad_token_id(tokenizer))
             sums = []
             for m in (policy, ref_model):
@@ -268,9 +294,20 @@ def best_of_n(
     proposal = policy if proposal is None else proposal
     prompts = [record_field(r, i, "prompt") for i, r in enumerate(records)]
     repeated = [p for p in prompts for _ in range(n)]  # (N * n,): prompt i's samples are rows i*n .. i*n+n-1
-    samples = generate_summaries(proposal, tokenizer, prompts, do_sample=True, temperature=temperature, top_k=top_k,
-                                 max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
-                                 stop_at_newline=stop_at_newline, num_return_sequences=n, progress=progress)
+    samples = generate_summaries(
+        proposal,
+        tokenizer,
+        prompts,
+        do_sample=True,
+        temperature=temperature,
+        top_k=top_k,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        seed=seed,
+        stop_at_newline=stop_at_newline,
+        num_return_sequences=n,
+        progress=progress,
+    )
     scores = implicit_rewards(policy, ref_model, tokenizer, repeated, samples, beta, batch_size=batch_size)
     candidates = [samples[i * n : (i + 1) * n] for i in range(len(prompts))]
     candidate_scores = [scores[i * n : (i + 1) * n] for i in range(len(prompts))]
@@ -284,8 +321,16 @@ def best_of_n(
     )
 
 
-def best_of_n_comparison(records: Sequence[Mapping], result: BestOfN, tokenizer, judge: Callable | None = None,
-                         *, confidence: float = 0.95, n_boot: int = 2000, seed: int = 0):
+def best_of_n_comparison(
+    records: Sequence[Mapping],
+    result: BestOfN,
+    tokenizer,
+    judge: Callable | None = None,
+    *,
+    confidence: float = 0.95,
+    n_boot: int = 2000,
+    seed: int = 0,
+):
     """Two rows (``first sample``, ``best of n``): win rate vs chosen with interval, lengths, n.
 
     Both rows come from the same samples, so the difference is only the reranking by the implicit reward."""
@@ -298,5 +343,3 @@ def best_of_n_comparison(records: Sequence[Mapping], result: BestOfN, tokenizer,
         s.pop("outcomes")
         rows.append({"decoding": name, **s})
     return pd.DataFrame(rows)
-
-

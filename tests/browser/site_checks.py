@@ -214,8 +214,9 @@ def _link_ok(site: Path, page_file: Path, href: str, ids_cache: dict[Path, set[s
     return True
 
 
-def check_page(driver, base_url: str, site: Path, page: str, screenshot_dir: Path | None = None,
-               ids_cache: dict | None = None) -> PageReport:
+def check_page(
+    driver, base_url: str, site: Path, page: str, screenshot_dir: Path | None = None, ids_cache: dict | None = None
+) -> PageReport:
     """Load one page, wait for MathJax, and collect everything a reader would notice."""
     ids_cache = {} if ids_cache is None else ids_cache
     report = PageReport(page)
@@ -236,9 +237,7 @@ def check_page(driver, base_url: str, site: Path, page: str, screenshot_dir: Pat
         {h for h in data["links"] if _is_internal(h) and not _link_ok(site, page_file, h, ids_cache)}
     )
     report.launch_buttons = [b for b in data["buttons"] if re.search(r"colab|binder", b, re.I)]
-    report.console_errors += [
-        entry["message"] for entry in driver.get_log("browser") if entry.get("level") == "SEVERE"
-    ]
+    report.console_errors += [entry["message"] for entry in driver.get_log("browser") if entry.get("level") == "SEVERE"]
     if screenshot_dir is not None:
         screenshot_dir.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(screenshot_dir / (page.replace("/", "__") + ".png")))
@@ -246,7 +245,9 @@ def check_page(driver, base_url: str, site: Path, page: str, screenshot_dir: Pat
     return report
 
 
-def check_site(site: Path, pages: list[str], user_data_dir: Path, screenshot_dir: Path | None = None) -> list[PageReport]:
+def check_site(
+    site: Path, pages: list[str], user_data_dir: Path, screenshot_dir: Path | None = None
+) -> list[PageReport]:
     """Check every page of a built site in one browser session."""
     ids_cache: dict = {}
     with serve(site) as base_url, chromium(user_data_dir) as driver:

@@ -58,7 +58,9 @@ def _break(site: Path, tmp_path: Path, page: str, pattern: str, replacement: str
     """A copy of the site whose ``page`` has its first match of ``pattern`` replaced (``<MATCH>`` in ``replacement`` stands for the match)."""
     broken = copy_site(site, tmp_path / "site")
     path = broken / f"{page}.html"
-    html, n = re.subn(pattern, lambda m: replacement.replace("<MATCH>", m.group(0)), path.read_text(encoding="utf-8"), count=1)
+    html, n = re.subn(
+        pattern, lambda m: replacement.replace("<MATCH>", m.group(0)), path.read_text(encoding="utf-8"), count=1
+    )
     assert n == 1, f"pattern {pattern!r} not found in the built page"
     path.write_text(html, encoding="utf-8")
     return broken
