@@ -1,13 +1,13 @@
 """Throughput and MFU of one DPO step on a Pythia-shaped model with random weights (no download needed).
 
-    python benchmarks/bench_gpu_dpo.py                          # Pythia-2.8B shape, bf16, on the GPU
-    python benchmarks/bench_gpu_dpo.py --shape pythia-70m --dtype float32 --batch-size 1 --steps 2   # CPU smoke run
+    python benchmarks/bench_gpu_dpo.py                          # Pythia-2.8B shape, bf16 autocast, on the GPU
+    python benchmarks/bench_gpu_dpo.py --shape pythia-70m --mixed-precision no --batch-size 1 --steps 2   # CPU smoke run
 
-A step is what ``qstar_lib.lm.train.train_dpo`` does once the reference log-probs are cached: the shared-prompt
-forward, the sigmoid DPO loss, backward, clipping at 10 and the paper's RMSprop (see
-``qstar_lib.lm.throughput.benchmark_dpo_step``). Pairs are TL;DR-shaped at the paper's 512-token limit: a
+A step is what ``qstar_lib.lm.train.train_dpo`` does once the reference log-probs are cached: float32 master
+weights, the shared-prompt forward under bf16 autocast, the sigmoid DPO loss, backward, clipping at 10 and
+AdamW (``--optim rmsprop``: the paper's; see ``qstar_lib.lm.throughput.benchmark_dpo_step``). Pairs are TL;DR-shaped at the paper's 512-token limit: a
 400-token prompt and two 56-token summaries. MFU counts model FLOPs (``qstar_lib.lm.throughput.step_flops``)
-against the card's dense bf16 peak; on a CPU it is printed against the measured matmul rate instead.
+against the card's dense peak for the compute dtype (bf16; float32: TF32 or plain); on a CPU it is printed against the measured matmul rate instead.
 The last line is ``mfu=<value>`` (or ``matmul_fraction=<value>`` without a known GPU peak).
 """
 
@@ -27,7 +27,12 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="pythia-2.8b", choices=sorted(PYTHIA_SHAPES))
-    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"), help="weights and compute")
+    parser.add_argument(
+        "--mixed-precision",
+        default=None,
+        choices=("bf16", "no"),
+        help="autocast over the float32 weights (default: bf16 on a GPU with native bf16, else no)",
+    )
     parser.add_argument(
         "--batch-size", type=int, nargs="+", default=[4, 8, 16], help="pairs per step (several: a sweep)"
     )
@@ -35,17 +40,17 @@ def main(argv=None) -> int:
     parser.add_argument("--completion-tokens", type=int, default=56)
     parser.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
-    parser.add_argument("--optim", default="rmsprop", choices=("rmsprop", "adamw"))
+    parser.add_argument("--optim", default="adamw", choices=("rmsprop", "adamw"))
     parser.add_argument("--json", default=None, help="also write the results to this file")
     args = parser.parse_args(argv)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = getattr(torch, args.dtype)
+    dtype = torch.float32  # master weights, as train_dpo keeps them
     torch.manual_seed(0)
     config = pythia_config(args.shape)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
-    print(f"{args.shape}: {sum(p.numel() for p in model.parameters()) / 1e9:.3f} B parameters, {args.dtype}, {device}")
+    print(f"{args.shape}: {sum(p.numel() for p in model.parameters()) / 1e9:.3f} B parameters, float32, {device}")
     results = []
     for b in args.batch_size:
         try:
@@ -57,6 +62,7 @@ def main(argv=None) -> int:
                 steps=args.steps,
                 warmup=args.warmup,
                 optim=args.optim,
+                mixed_precision=args.mixed_precision,
             )
         except torch.OutOfMemoryError:
             print(f"batch {b}: out of memory")
@@ -80,7 +86,8 @@ def main(argv=None) -> int:
         print(f"device={best['device_name']} best_batch={best['batch_size']}")
         print(f"mfu={best['mfu']:.4f}")
     else:
-        ceiling = measured_matmul_flops(dtype, device=device)
+        compute = torch.bfloat16 if best["mixed_precision"] == "bf16" else torch.float32
+        ceiling = measured_matmul_flops(compute, device=device)
         print(f"device={best['device_name']} (no datasheet peak) matmul={ceiling / 1e12:.3f} TFLOP/s")
         print(f"matmul_fraction={best['achieved_flops'] / ceiling:.4f}")
     return 0

@@ -12,6 +12,8 @@ Examples::
     python -m qstar_lib dpo --model runs/sft/checkpoint-200 --data data/train.jsonl --output-dir runs/dpo --paper
     python -m qstar_lib score --model runs/dpo/checkpoint-500 --ref-model runs/sft/checkpoint-200 \\
         --data data/test.jsonl --out runs/dpo/rewards.jsonl
+
+Size exception: build_parser -- one add_argument per flag, declared in one place so --help and the code read alike
 """
 
 from __future__ import annotations
@@ -41,7 +43,12 @@ FIELD_HELP = {
     "seed": "seed of the data order and the initial RNG state",
     "logging_steps": "log the mean metrics of every this many steps",
     "save_steps": "save a checkpoint every this many steps (0: only at the end)",
-    "mixed_precision": "autocast precision (bf16 on recent GPUs; fp16 overflows in the reference model)",
+    "save_total_limit": "keep only the newest this many checkpoint-*/ folders (TRL's name; default: all)",
+    "mixed_precision": "autocast precision; default: accelerate launch's --mixed_precision / config file, else bf16 "
+    "on a GPU with native bf16 (compute capability >= 8), else no (fp16 overflows in the reference model)",
+    "global_train_batch_size": "pairs (sequences) per optimizer step over ALL processes: the accumulation is derived "
+    "from it and the number of processes (--paper sets the paper's)",
+    "gradient_checkpointing": "recompute activations in the backward pass (less memory, ~1/3 slower)",
     "disable_tqdm": "hide the progress bar",
     "completion_field": "record field trained on (the chosen summary by default)",
     "beta": "KL weight beta of the DPO objective (0.1 in the paper)",
@@ -49,8 +56,12 @@ FIELD_HELP = {
     "label_smoothing": "probability that a preference label is flipped (conservative DPO)",
     "precompute_ref_batch_size": "pairs per batch when precomputing reference log-probs (default 2 x batch size)",
 }
-CHOICES = {"optim": ("adamw", "rmsprop"), "lr_scheduler_type": ("constant_with_warmup", "linear"),
-           "mixed_precision": ("no", "bf16", "fp16"), "loss_type": ("sigmoid", "ipo")}
+CHOICES = {
+    "optim": ("adamw", "rmsprop"),
+    "lr_scheduler_type": ("constant_with_warmup", "linear"),
+    "mixed_precision": ("no", "bf16", "fp16"),
+    "loss_type": ("sigmoid", "ipo"),
+}
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -80,8 +91,9 @@ def _read_jsonl(path: str) -> tuple[list, list[int]]:
     return records, lines
 
 
-def _checked_records(args, tokenizer, fields=("prompt", "chosen", "rejected"), max_length=None,
-                     max_prompt_length=None) -> list:
+def _checked_records(
+    args, tokenizer, fields=("prompt", "chosen", "rejected"), max_length=None, max_prompt_length=None
+) -> list:
     """Read ``--data`` and validate it before any work: one line naming file, line, record id and field.
 
     With ``--drop-invalid`` the bad records are left out and the counts by reason are printed instead.
@@ -130,14 +142,17 @@ def _add_config_flags(parser: argparse.ArgumentParser, config_cls) -> None:
         kind = {"int": int, "float": float, "str": str}.get(str(f.type).split(" ")[0], None)
         if kind is None:  # "int | None", "float | None", "str | None"
             kind = int if str(f.type).startswith("int") else float if str(f.type).startswith("float") else str
-        group.add_argument(flag, dest=f.name, type=kind, choices=CHOICES.get(f.name), default=argparse.SUPPRESS,
-                           help=help_text)
+        group.add_argument(
+            flag, dest=f.name, type=kind, choices=CHOICES.get(f.name), default=argparse.SUPPRESS, help=help_text
+        )
 
 
 def _config(args: argparse.Namespace, config_cls):
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls) if hasattr(args, f.name)}
     if given.get("max_grad_norm") is not None and given["max_grad_norm"] <= 0:
         given["max_grad_norm"] = None
+    if args.paper and "gradient_accumulation_steps" in given and "global_train_batch_size" not in given:
+        given["global_train_batch_size"] = None  # an explicit accumulation: TRL's per-device semantics
     return config_cls.paper(**given) if args.paper else config_cls(**given)
 
 
@@ -170,8 +185,19 @@ def _resume_path(args) -> str | None:
     return args.resume_from
 
 
-def _finish(args, history) -> None:
+def _finish(args, history, config=None) -> None:
     from accelerate import PartialState
+
+    if config is not None and PartialState().is_main_process:
+        world = PartialState().num_processes
+        used = config.resolve_batch(world)
+        from accelerate.state import AcceleratorState
+
+        print(
+            f"global_batch={used.global_batch(world)} per_device_train_batch_size={used.per_device_train_batch_size} "
+            f"gradient_accumulation_steps={used.gradient_accumulation_steps} processes={world} "
+            f"mixed_precision={AcceleratorState().mixed_precision}"
+        )
 
     if getattr(args, "output_dir", None) and PartialState().is_main_process:
         _write_jsonl(os.path.join(args.output_dir, "history.jsonl"), history)
@@ -202,11 +228,16 @@ def cmd_sft(args) -> int:
     from qstar_lib.lm.train_config import SFTConfig
 
     config = _config(args, SFTConfig)
-    records = _checked_records(args, _tokenizer(args.model), fields=("prompt", config.completion_field),
-                               max_length=config.max_length, max_prompt_length=config.max_prompt_length)
+    records = _checked_records(
+        args,
+        _tokenizer(args.model),
+        fields=("prompt", config.completion_field),
+        max_length=config.max_length,
+        max_prompt_length=config.max_prompt_length,
+    )
     model, tokenizer = _load(args.model)
     history = train_sft(model, tokenizer, records, config, resume_from=_resume_path(args))
-    _finish(args, history)
+    _finish(args, history, config)
     return 0
 
 
@@ -215,28 +246,40 @@ def cmd_dpo(args) -> int:
     from qstar_lib.lm.train_config import DPOConfig
 
     config = _config(args, DPOConfig)
-    records = _checked_records(args, _tokenizer(args.model), max_length=config.max_length,
-                               max_prompt_length=config.max_prompt_length)
+    records = _checked_records(
+        args, _tokenizer(args.model), max_length=config.max_length, max_prompt_length=config.max_prompt_length
+    )
     resume = _resume_path(args)
     model, tokenizer = _load(args.model)
     ref_model = None
     if args.ref_model and resume is None:
         ref_model, _ = _load(args.ref_model)
     history = train_dpo(model, ref_model, tokenizer, records, config, resume_from=resume)
-    _finish(args, history)
+    _finish(args, history, config)
     return 0
 
 
 def cmd_score(args) -> int:
     from qstar_lib.lm.logps import score_pairs
 
-    records = _checked_records(args, _tokenizer(args.model), max_length=args.max_length,
-                               max_prompt_length=args.max_prompt_length)
+    records = _checked_records(
+        args, _tokenizer(args.model), max_length=args.max_length, max_prompt_length=args.max_prompt_length
+    )
+    from qstar_lib import scale
+
     model, tokenizer = _load(args.model)
     ref_model, _ = _load(args.ref_model)
+    model, ref_model = model.to(scale.device()), ref_model.to(scale.device())  # float32 on the GPU when there is one
     scores = score_pairs(
-        model, ref_model, tokenizer, records, beta=args.beta, batch_size=args.batch_size,
-        max_length=args.max_length, max_prompt_length=args.max_prompt_length, progress=not args.disable_tqdm,
+        model,
+        ref_model,
+        tokenizer,
+        records,
+        beta=args.beta,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        max_prompt_length=args.max_prompt_length,
+        progress=not args.disable_tqdm,
     )
     rows = []
     for i, (record, score) in enumerate(zip(records, scores)):
@@ -257,27 +300,47 @@ def build_parser() -> argparse.ArgumentParser:
     from qstar_lib.lm.train_config import DPOConfig, SFTConfig
 
     parser = argparse.ArgumentParser(
-        prog="python -m qstar_lib", description=__doc__, formatter_class=_Formatter,
+        prog="python -m qstar_lib",
+        description=__doc__,
+        formatter_class=_Formatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="{make-data,sft,dpo,score}")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--traceback", action="store_true",
-                        help="on bad input show the Python traceback instead of one line (for debugging)")
+    common.add_argument(
+        "--traceback",
+        action="store_true",
+        help="on bad input show the Python traceback instead of one line (for debugging)",
+    )
     records = argparse.ArgumentParser(add_help=False)
-    records.add_argument("--drop-invalid", action="store_true",
-                         help="leave out malformed records (and print the counts by reason) instead of stopping")
+    records.add_argument(
+        "--drop-invalid",
+        action="store_true",
+        help="leave out malformed records (and print the counts by reason) instead of stopping",
+    )
 
-    p = sub.add_parser("make-data", formatter_class=_Formatter, parents=[common], help="write preference records (synthetic or TL;DR) as jsonl",
-                       description="Write TL;DR preference records (prompt/chosen/rejected) to a jsonl file, one record "
-                                   "per line: the synthetic planted-error set (offline; with the planted error spans "
-                                   "and facts), or the paper's Reddit TL;DR pairs from trl-lib/tldr-preference "
-                                   "(needs a network, or --path to a local copy).")
-    p.add_argument("--source", choices=("synthetic", "tldr"), default="synthetic",
-                   help="synthetic planted-error pairs, or the paper's TL;DR pairs (CNN/DM rows removed)")
+    p = sub.add_parser(
+        "make-data",
+        formatter_class=_Formatter,
+        parents=[common],
+        help="write preference records (synthetic or TL;DR) as jsonl",
+        description="Write TL;DR preference records (prompt/chosen/rejected) to a jsonl file, one record "
+        "per line: the synthetic planted-error set (offline; with the planted error spans "
+        "and facts), or the paper's Reddit TL;DR pairs from trl-lib/tldr-preference "
+        "(needs a network, or --path to a local copy).",
+    )
+    p.add_argument(
+        "--source",
+        choices=("synthetic", "tldr"),
+        default="synthetic",
+        help="synthetic planted-error pairs, or the paper's TL;DR pairs (CNN/DM rows removed)",
+    )
     p.add_argument("--n", type=int, default=1000, help="number of records (with --source tldr, 0 = all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic generator (same seed, same records)")
-    p.add_argument("--split", default="train",
-                   help="split name (synthetic: train/validation/test draw disjoint posts; tldr: train/validation)")
+    p.add_argument(
+        "--split",
+        default="train",
+        help="split name (synthetic: train/validation/test draw disjoint posts; tldr: train/validation)",
+    )
     p.add_argument("--path", default=None, help="with --source tldr: a local .jsonl/.parquet file in the hub's schema")
     p.add_argument("--out", required=True, help="output jsonl path")
     p.set_defaults(func=cmd_make_data)
@@ -287,26 +350,46 @@ def build_parser() -> argparse.ArgumentParser:
         ("sft", SFTConfig, cmd_sft, "supervised fine-tuning on the chosen summaries (prompt tokens masked)"),
         ("dpo", DPOConfig, cmd_dpo, "DPO training with reference log-probs precomputed once"),
     ):
-        p = sub.add_parser(name, formatter_class=_Formatter, help=what, parents=[common, records],
-                           description=f"{what[0].upper()}{what[1:]}. Writes checkpoint-{{step}}/ folders and "
-                                       "history.jsonl (TRL metric keys) under --output-dir. Use `accelerate launch -m "
-                                       f"qstar_lib {name} ...` for several devices.")
+        p = sub.add_parser(
+            name,
+            formatter_class=_Formatter,
+            help=what,
+            parents=[common, records],
+            description=f"{what[0].upper()}{what[1:]}. Writes checkpoint-{{step}}/ folders and "
+            "history.jsonl (TRL metric keys) under --output-dir. Use `accelerate launch -m "
+            f"qstar_lib {name} ...` for several devices.",
+        )
         p.add_argument("--model", required=True, help=model_help)
         if name == "dpo":
-            p.add_argument("--ref-model", default=None,
-                           help="reference model (alias/folder/hub id); default: the initial --model itself")
+            p.add_argument(
+                "--ref-model",
+                default=None,
+                help="reference model (alias/folder/hub id); default: the initial --model itself",
+            )
         p.add_argument("--data", required=True, help="jsonl with prompt/chosen/rejected records (see make-data)")
-        p.add_argument("--paper", action="store_true",
-                       help="start from the paper's settings (RMSprop, lr 5e-7, warm-up 150, clip 10, 512 tokens"
-                            + (", beta 0.1, batch 32 x 2" if name == "dpo" else ", batch 64 x 2") + "); flags override")
-        p.add_argument("--resume-from", default=None,
-                       help="a checkpoint-*/ folder, or 'latest' (the newest under --output-dir), to continue exactly")
+        p.add_argument(
+            "--paper",
+            action="store_true",
+            help="start from the paper's settings (RMSprop, lr 5e-7, warm-up 150, clip 10, 512 tokens"
+            + (", beta 0.1, batch 32 x 2" if name == "dpo" else ", batch 64 x 2")
+            + "; that global batch on any number of processes); flags override",
+        )
+        p.add_argument(
+            "--resume-from",
+            default=None,
+            help="a checkpoint-*/ folder, or 'latest' (the newest under --output-dir), to continue exactly",
+        )
         _add_config_flags(p, cls)
         p.set_defaults(func=func)
 
-    p = sub.add_parser("score", formatter_class=_Formatter, parents=[common, records], help="per-token implicit rewards (eq. 10) to jsonl",
-                       description="Score preference records: for every completion token, the implicit reward "
-                                   "beta * log(pi(token)/pi_ref(token)) (paper eq. 10), plus sums and margins.")
+    p = sub.add_parser(
+        "score",
+        formatter_class=_Formatter,
+        parents=[common, records],
+        help="per-token implicit rewards (eq. 10) to jsonl",
+        description="Score preference records: for every completion token, the implicit reward "
+        "beta * log(pi(token)/pi_ref(token)) (paper eq. 10), plus sums and margins.",
+    )
     p.add_argument("--model", required=True, help="the trained policy: " + model_help)
     p.add_argument("--ref-model", required=True, help="the reference policy: " + model_help)
     p.add_argument("--data", required=True, help="jsonl with prompt/chosen/rejected records")

@@ -71,8 +71,9 @@ class ExperimentPreset:
 
     def key(self) -> str:
         """A short digest of the fields and the pipeline version: the cache folder's suffix."""
-        payload = json.dumps({**dataclasses.asdict(self), "pipeline": PIPELINE_VERSION, "qstar_lib": __version__},
-                             sort_keys=True)
+        payload = json.dumps(
+            {**dataclasses.asdict(self), "pipeline": PIPELINE_VERSION, "qstar_lib": __version__}, sort_keys=True
+        )
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
@@ -91,17 +92,48 @@ def preset(scale_name: str | None = None) -> ExperimentPreset:
     """
     return scale.pick(
         ci=ExperimentPreset(
-            model_name="tiny", n_train_pairs=32, n_eval_pairs=16, sft_steps=10, sft_batch_size=4, sft_lr=2e-3,
-            dpo_steps=10, dpo_batch_size=4, dpo_lr=1e-3, beta=0.1, max_length=384, save_steps=2, seed=0,
+            model_name="tiny",
+            n_train_pairs=32,
+            n_eval_pairs=16,
+            sft_steps=10,
+            sft_batch_size=4,
+            sft_lr=2e-3,
+            dpo_steps=10,
+            dpo_batch_size=4,
+            dpo_lr=1e-3,
+            beta=0.1,
+            max_length=384,
+            save_steps=2,
+            seed=0,
         ),
         cpu=ExperimentPreset(
-            model_name="smollm2-135m", n_train_pairs=160, n_eval_pairs=64, sft_steps=20, sft_batch_size=8,
-            sft_lr=2e-5, dpo_steps=32, dpo_batch_size=4, dpo_lr=1e-5, beta=0.1, max_length=384, save_steps=4,
+            model_name="smollm2-135m",
+            n_train_pairs=160,
+            n_eval_pairs=64,
+            sft_steps=20,
+            sft_batch_size=8,
+            sft_lr=2e-5,
+            dpo_steps=32,
+            dpo_batch_size=4,
+            dpo_lr=1e-5,
+            beta=0.1,
+            max_length=384,
+            save_steps=4,
             seed=0,
         ),
         gpu=ExperimentPreset(
-            model_name="smollm2-135m", n_train_pairs=4096, n_eval_pairs=512, sft_steps=600, sft_batch_size=16,
-            sft_lr=1e-5, dpo_steps=256, dpo_batch_size=16, dpo_lr=5e-6, beta=0.1, max_length=512, save_steps=16,
+            model_name="smollm2-135m",
+            n_train_pairs=4096,
+            n_eval_pairs=512,
+            sft_steps=600,
+            sft_batch_size=16,
+            sft_lr=1e-5,
+            dpo_steps=256,
+            dpo_batch_size=16,
+            dpo_lr=5e-6,
+            beta=0.1,
+            max_length=512,
+            save_steps=16,
             seed=0,
         ),
         scale=scale_name,
@@ -147,8 +179,14 @@ def sft_config(p: ExperimentPreset | None = None, output_dir: str | None = None)
 
     p = _p(p)
     return SFTConfig(
-        output_dir=output_dir, learning_rate=p.sft_lr, per_device_train_batch_size=p.sft_batch_size,
-        max_steps=p.sft_steps, max_length=p.max_length, seed=p.seed, optim="adamw", save_steps=0,
+        output_dir=output_dir,
+        learning_rate=p.sft_lr,
+        per_device_train_batch_size=p.sft_batch_size,
+        max_steps=p.sft_steps,
+        max_length=p.max_length,
+        seed=p.seed,
+        optim="adamw",
+        save_steps=0,
         mixed_precision=_mixed_precision(),
     )
 
@@ -159,8 +197,14 @@ def dpo_config(p: ExperimentPreset | None = None, output_dir: str | None = None)
 
     p = _p(p)
     return DPOConfig(
-        output_dir=output_dir, learning_rate=p.dpo_lr, per_device_train_batch_size=p.dpo_batch_size,
-        max_steps=p.dpo_steps, max_length=p.max_length, seed=p.seed, optim="adamw", beta=p.beta,
+        output_dir=output_dir,
+        learning_rate=p.dpo_lr,
+        per_device_train_batch_size=p.dpo_batch_size,
+        max_steps=p.dpo_steps,
+        max_length=p.max_length,
+        seed=p.seed,
+        optim="adamw",
+        beta=p.beta,
         save_steps=p.save_steps,
         mixed_precision=_mixed_precision(),
     )
@@ -181,7 +225,9 @@ def _say(message: str) -> None:
 
 
 def _steps(folder: Path) -> list[int]:
-    return sorted(int(d.name.split("-", 1)[1]) for d in folder.glob("checkpoint-*") if d.name.split("-", 1)[1].isdigit())
+    return sorted(
+        int(d.name.split("-", 1)[1]) for d in folder.glob("checkpoint-*") if d.name.split("-", 1)[1].isdigit()
+    )
 
 
 def _prune_training_state(folder: Path) -> None:
@@ -226,9 +272,15 @@ def _build(stage: str, p: ExperimentPreset, tmp: Path, folder: Path) -> None:
     _relocate(tmp, folder)
     (tmp / HISTORY).write_text(json.dumps(list(hist), indent=1))
     info = {
-        "stage": stage, "seconds": seconds, "steps": p.sft_steps if stage == "sft" else p.dpo_steps,
-        "preset": dataclasses.asdict(p), "scale": scale.active_scale(), "device": scale.device(),
-        "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "machine": platform.machine(),
+        "stage": stage,
+        "seconds": seconds,
+        "steps": p.sft_steps if stage == "sft" else p.dpo_steps,
+        "preset": dataclasses.asdict(p),
+        "scale": scale.active_scale(),
+        "device": scale.device(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
     }
     info["seconds_per_step"] = seconds / info["steps"]
     (tmp / RUN_INFO).write_text(json.dumps(info, indent=1))

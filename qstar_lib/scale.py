@@ -53,13 +53,57 @@ def device() -> str:
     return "cuda" if active_scale() == "gpu" and _cuda_available() else "cpu"
 
 
-def dtype():
-    """bfloat16 on a GPU that supports it (fp16 overflows in the reference model, DPO repo issue #11), else float32."""
+_active_device = device  # for the functions below, whose ``device`` argument hides it
+
+
+def native_bf16(device: str | None = None) -> bool:
+    """Whether ``device`` (default :func:`device`) computes bfloat16 natively rather than by emulation.
+
+    A GPU needs compute capability >= 8 (Ampere): ``torch.cuda.is_bf16_supported()`` also counts the emulated
+    bf16 of a T4 (7.5), which is slow. A CPU needs AVX512_BF16 or AMX (``torch.backends.cpu.get_cpu_capability``).
+    The one place that decides precision by capability: :func:`dtype` and :func:`mixed_precision` use it.
+    """
     import torch
 
-    if device() == "cuda" and torch.cuda.is_bf16_supported():
+    dev = torch.device(device or _active_device())
+    if dev.type == "cuda":
+        return bool(torch.cuda.is_available()) and torch.cuda.get_device_capability(dev)[0] >= 8
+    if dev.type == "cpu":
+        capability = str(torch.backends.cpu.get_cpu_capability()).upper()
+        return "AVX512_BF16" in capability or "AMX" in capability
+    return False
+
+
+def dtype():
+    """bfloat16 on a GPU with native bf16 (compute capability >= 8), else float32.
+
+    Not fp16 on older GPUs (a T4): fp16 overflows in the reference model (DPO repo issue #11). The ci and cpu
+    scales stay in float32 even on a CPU with native bf16, so their numbers are the same on every machine.
+    """
+    import torch
+
+    if device() == "cuda" and native_bf16("cuda"):
         return torch.bfloat16
     return torch.float32
+
+
+def launcher_mixed_precision() -> str | None:
+    """The precision ``accelerate launch`` asked for (``$ACCELERATE_MIXED_PRECISION``: its flag or config
+    file), or None when not launched with one."""
+    value = os.environ.get("ACCELERATE_MIXED_PRECISION", "").strip().lower()
+    return value or None
+
+
+def mixed_precision(device: str | None = None) -> str:
+    """Training autocast when a config leaves it open: the launcher's choice, else ``bf16`` on a GPU with
+    native bf16, else ``no`` (float32; a T4 is not given fp16, see :func:`dtype`)."""
+    import torch
+
+    launched = launcher_mixed_precision()
+    if launched:
+        return launched
+    dev = torch.device(device or _active_device())
+    return "bf16" if dev.type == "cuda" and native_bf16(str(dev)) else "no"
 
 
 def seed_everything(seed: int = 0) -> None:

@@ -84,10 +84,13 @@ _EXPORTS = {
     "proxy_distribution": "proxy",
     "proxy_logits": "proxy",
     "steered_summaries": "proxy",
+    "logits_at_states": "proxy",
+    "advantage_along": "proxy",
     "PEAK_BF16_FLOPS": "throughput",
     "PYTHIA_SHAPES": "throughput",
     "STATE_BYTES_PER_PARAM": "throughput",
     "benchmark_dpo_step": "throughput",
+    "benchmark_plan": "throughput",
     "block_matmul_params": "throughput",
     "measured_matmul_flops": "throughput",
     "packed_batch_counts": "throughput",
@@ -113,13 +116,37 @@ _EXPORTS = {
     "likelihood_beam_search": "value_search",
     "value_guided_beam_search": "value_search",
 }
-__all__ = sorted(_EXPORTS) + ['models', 'collate', 'logps', 'train', 'train_config', 'loop', 'checkpoint', 'decoding', 'value_search', 'proxy', 'throughput']
+__all__ = sorted(_EXPORTS) + [
+    "models",
+    "collate",
+    "logps",
+    "train",
+    "train_config",
+    "loop",
+    "checkpoint",
+    "decoding",
+    "value_search",
+    "proxy",
+    "throughput",
+]
 
 
 def __getattr__(name: str):
     if name in _EXPORTS:
         return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    if name in ('models', 'collate', 'logps', 'train', 'train_config', 'loop', 'checkpoint', 'decoding', 'value_search', 'proxy', 'throughput'):
+    if name in (
+        "models",
+        "collate",
+        "logps",
+        "train",
+        "train_config",
+        "loop",
+        "checkpoint",
+        "decoding",
+        "value_search",
+        "proxy",
+        "throughput",
+    ):
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

@@ -127,6 +127,22 @@ def latest_checkpoint(output_dir: str) -> str | None:
     return checkpoint_dir(output_dir, max(steps)) if steps else None
 
 
+def prune_checkpoints(output_dir: str, keep: int) -> list[str]:
+    """Delete all but the newest ``keep`` ``checkpoint-{step}`` folders under ``output_dir`` (TRL's
+    ``save_total_limit``); returns the deleted folders."""
+    import shutil
+
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    if not os.path.isdir(output_dir):
+        return []
+    steps = sorted(int(m.group(1)) for name in os.listdir(output_dir) if (m := _CHECKPOINT_RE.match(name)))
+    removed = [checkpoint_dir(output_dir, step) for step in steps[:-keep]]
+    for folder in removed:
+        shutil.rmtree(folder)
+    return removed
+
+
 def save_checkpoint(
     folder: str,
     model: torch.nn.Module,

@@ -120,8 +120,9 @@ def planted_labels(record: Mapping, tokenizer) -> dict:
 
     if "errors" not in record:
         raise KeyError(f"record (id {record.get('id')}) has no field 'errors': token labels need planted-error records")
-    errors = sorted((e for e in record["errors"] if e["kind"] in LOCALISED_KINDS and e["start"] >= 0),
-                    key=lambda e: e["start"])
+    errors = sorted(
+        (e for e in record["errors"] if e["kind"] in LOCALISED_KINDS and e["start"] >= 0), key=lambda e: e["start"]
+    )
     rejected = record["rejected"]
     out = {k: record[k] for k in ("id", "kind") if k in record}
     out["rejected_labels"] = token_labels(rejected, errors, tokenizer)
@@ -174,7 +175,9 @@ def encode_sft(
 ) -> list[dict]:
     """Encode ``prompt + record[field]`` (the chosen completion by default) for supervised fine-tuning."""
     out = [
-        encode_completion(record_field(r, i, "prompt"), record_field(r, i, field), tokenizer, max_length, max_prompt_length)
+        encode_completion(
+            record_field(r, i, "prompt"), record_field(r, i, field), tokenizer, max_length, max_prompt_length
+        )
         for i, r in enumerate(records)
     ]
     _warn_truncations(out, "completions", max_length)
@@ -184,7 +187,7 @@ def encode_sft(
 def _side(pair: Mapping, side: str) -> dict:
     """The ``chosen_*`` (or ``rejected_*``) entries of an encoded pair, without the prefix."""
     prefix = f"{side}_"
-    return {k[len(prefix):]: v for k, v in pair.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in pair.items() if k.startswith(prefix)}
 
 
 def pad_batch(encoded: Sequence[Mapping], pad_token_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
@@ -266,8 +269,11 @@ def collate_shared_prompt(encoded_pairs: Sequence[Mapping], pad_token_id: int) -
     input_ids = torch.full((B, L), int(pad_token_id), dtype=torch.long)  # (B, L)
     position_ids = torch.zeros((B, L), dtype=torch.long)  # (B, L)
     segment = torch.full((B, L), -1, dtype=torch.long)  # (B, L): 0 prompt, 1 chosen, 2 rejected, -1 pad
-    out = {f"{side}_{k}": torch.zeros((B, T), dtype=torch.long) for side, T in (("chosen", Tc), ("rejected", Tr))
-           for k in ("src", "ids", "mask")}
+    out = {
+        f"{side}_{k}": torch.zeros((B, T), dtype=torch.long)
+        for side, T in (("chosen", Tc), ("rejected", Tr))
+        for k in ("src", "ids", "mask")
+    }
     for i, (prompt, chosen, rejected) in enumerate(parts):
         n_p, n_c, n_r = len(prompt), len(chosen), len(rejected)
         o = L - (n_p + n_c + n_r)  # left padding: every row's completions end at column L, so the LM head

@@ -12,6 +12,8 @@ stop: an untuned instruct model often opens with a blank line, and stopping ther
 summaries. The rule is part of the search (a ``StoppingCriteria`` in ``generate``, so a beam that starts a
 new paragraph is finished, like one that writes EOS); the returned text is the first paragraph, with
 leading blank lines replaced by the single leading space TL;DR completions carry.
+
+Size exception: generate_summaries -- argument checks and one generate call for greedy, beam and sampled decoding; split next
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ PAPER_TOP_K = 50
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-
 
 
 def _prompt_ids(tokenizer, prompt: str, what: str = "prompt") -> list[int]:
@@ -77,8 +78,18 @@ class _NewParagraphStop(StoppingCriteria):
 # ----------------------------------------------------------------------------------------------- generate
 
 
-def _generation_config(tokenizer, *, num_beams, length_penalty, early_stopping, do_sample, temperature, top_k,
-                       max_new_tokens, num_return_sequences=1):
+def _generation_config(
+    tokenizer,
+    *,
+    num_beams,
+    length_penalty,
+    early_stopping,
+    do_sample,
+    temperature,
+    top_k,
+    max_new_tokens,
+    num_return_sequences=1,
+):
     """Every knob explicit, so a model's ``generation_config.json`` cannot change what we measure."""
     from transformers import GenerationConfig
 
@@ -155,15 +166,28 @@ def generate_summaries(
     """
     from tqdm.auto import tqdm
 
-    _check_generation(prompts, num_beams=num_beams, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                      do_sample=do_sample, temperature=temperature, num_return_sequences=num_return_sequences)
+    _check_generation(
+        prompts,
+        num_beams=num_beams,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        temperature=temperature,
+        num_return_sequences=num_return_sequences,
+    )
     encoded = []
     for i, prompt in enumerate(prompts):
         ids = _prompt_ids(tokenizer, prompt, what=f"prompts[{i}]")
         encoded.append({"input_ids": ids, "completion_mask": [0] * len(ids)})
     config = _generation_config(
-        tokenizer, num_beams=num_beams, length_penalty=length_penalty, early_stopping=early_stopping,
-        do_sample=do_sample, temperature=temperature, top_k=top_k, max_new_tokens=max_new_tokens,
+        tokenizer,
+        num_beams=num_beams,
+        length_penalty=length_penalty,
+        early_stopping=early_stopping,
+        do_sample=do_sample,
+        temperature=temperature,
+        top_k=top_k,
+        max_new_tokens=max_new_tokens,
         num_return_sequences=num_return_sequences,
     )
     rows_per_prompt = num_beams if num_beams > 1 else num_return_sequences  # how generate expands the batch
@@ -173,14 +197,30 @@ def generate_summaries(
         n_batches = math.ceil(len(encoded) / batch_size)
         for b in tqdm(range(n_batches), desc=f"generate (beams={num_beams})", disable=not progress):
             chunk = encoded[b * batch_size : (b + 1) * batch_size]
-            out += _generate_batch(model, tokenizer, chunk, config, device, seed=seed + b,
-                                   stop_at_newline=stop_at_newline, logits_processors=logits_processors,
-                                   prefill_rows=rows_per_prompt if share_prefill else 1)
+            out += _generate_batch(
+                model,
+                tokenizer,
+                chunk,
+                config,
+                device,
+                seed=seed + b,
+                stop_at_newline=stop_at_newline,
+                logits_processors=logits_processors,
+                prefill_rows=rows_per_prompt if share_prefill else 1,
+            )
     return out
 
 
-def _check_generation(prompts, *, num_beams: int, batch_size: int, max_new_tokens: int, do_sample: bool,
-                      temperature: float, num_return_sequences: int) -> None:
+def _check_generation(
+    prompts,
+    *,
+    num_beams: int,
+    batch_size: int,
+    max_new_tokens: int,
+    do_sample: bool,
+    temperature: float,
+    num_return_sequences: int,
+) -> None:
     """The argument checks of :func:`generate_summaries` (an error naming the argument)."""
     if isinstance(prompts, str):
         raise TypeError("prompts must be a sequence of str, not one str")
@@ -200,8 +240,18 @@ def _check_generation(prompts, *, num_beams: int, batch_size: int, max_new_token
         raise ValueError("greedy decoding returns one sequence per prompt; sample or use beams for more")
 
 
-def _generate_batch(model, tokenizer, chunk: list[dict], config, device: torch.device, *, seed: int,
-                    stop_at_newline: bool, logits_processors, prefill_rows: int) -> list[str]:
+def _generate_batch(
+    model,
+    tokenizer,
+    chunk: list[dict],
+    config,
+    device: torch.device,
+    *,
+    seed: int,
+    stop_at_newline: bool,
+    logits_processors,
+    prefill_rows: int,
+) -> list[str]:
     """One left-padded batch of :func:`generate_summaries` through ``generate``: its completions, as text.
 
     ``prefill_rows`` > 1 shares the prompt's prefill across that many rows per prompt (:func:`_shared_prefill`).
@@ -220,7 +270,10 @@ def _generate_batch(model, tokenizer, chunk: list[dict], config, device: torch.d
             extra[cache_kwarg(model)] = _shared_prefill(model, input_ids, attention_mask, prefill_rows)
         torch.manual_seed(seed)
         generated = model.generate(
-            input_ids=input_ids, attention_mask=attention_mask, generation_config=config, **extra,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            generation_config=config,
+            **extra,
         )  # (B, T + new)
     out = []
     for row in generated[:, width:].cpu():
@@ -242,9 +295,12 @@ def _shared_prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
 
     positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T): padding sits at 0, masked anyway
     cache = DynamicCache(config=model.config)
-    model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1], position_ids=positions[:, :-1],
-          **{cache_kwarg(model): cache}, use_cache=True)  # fills the cache: (B, heads, T - 1, head_dim) per layer
+    model(
+        input_ids=input_ids[:, :-1],
+        attention_mask=attention_mask[:, :-1],
+        position_ids=positions[:, :-1],
+        **{cache_kwarg(model): cache},
+        use_cache=True,
+    )  # fills the cache: (B, heads, T - 1, head_dim) per layer
     cache.batch_repeat_interleave(repeats)  # (B * repeats, heads, T - 1, head_dim) per layer
     return cache
-
-

@@ -6,6 +6,8 @@ Alignment convention used everywhere: a (B, T) tensor of per-token values is ali
 entry t is ``log p(input_ids[t] | input_ids[:t])`` where ``completion_mask[t] == 1`` and 0 elsewhere. Entry 0
 is always 0 (the first token has no context), which is why :mod:`qstar_lib.lm.collate` requires a non-empty
 prompt.
+
+Size exception: module -- the log-prob routes (stacked, shared-prompt, PairScorer) and eq. 16 share private helpers; split next
 """
 
 from __future__ import annotations
@@ -220,11 +222,14 @@ def shared_prompt_per_token_logps(model, batch: Mapping[str, torch.Tensor]) -> t
     if getattr(inner.config, "_attn_implementation", None) == "eager":
         # eager attention adds the mask to the scores: 0 where visible, the dtype's minimum elsewhere
         dtype = next(model.parameters()).dtype
-        visible = torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill(~visible, torch.finfo(dtype).min)
+        visible = torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill(
+            ~visible, torch.finfo(dtype).min
+        )
     first = batch.get("logits_from")
     first = _first_logit_column(batch) if first is None else first  # known from the CPU batch: no device sync
-    kwargs = dict(input_ids=batch["input_ids"], attention_mask=visible, position_ids=batch["position_ids"],
-                  use_cache=False)
+    kwargs = dict(
+        input_ids=batch["input_ids"], attention_mask=visible, position_ids=batch["position_ids"], use_cache=False
+    )
     offset = 0
     if forward_accepts(model, "logits_to_keep"):
         kwargs["logits_to_keep"] = L - first
@@ -248,8 +253,13 @@ def shared_prompt_logps(model, batch: Mapping[str, torch.Tensor]) -> tuple[torch
 
 def stacked_pair_logps(model, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed completion log-probs of a ``[chosen; rejected]`` batch: one forward, split in two (B,), (B,)."""
-    per_token = per_token_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"],
-                                logits_from=batch.get("logits_from"))
+    per_token = per_token_logps(
+        model,
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch["completion_mask"],
+        logits_from=batch.get("logits_from"),
+    )
     per_token = per_token.to(torch.promote_types(per_token.dtype, torch.float32))  # float32 at least, float64 kept
     logps = sequence_logps(per_token, batch["completion_mask"])  # (2B,)
     return logps.chunk(2)
@@ -289,8 +299,10 @@ class PairScorer:
         are ``values[j][mask[j]]``, at the tokens ``ids[j][mask[j]]``."""
         if self.shared:
             sides = dict(zip(("chosen", "rejected"), shared_prompt_per_token_logps(model, batch)))  # (B, Ts) each
-            return {side: (sides[side].float().cpu(), batch[f"{side}_mask"].bool().cpu(), batch[f"{side}_ids"].cpu())
-                    for side in sides}
+            return {
+                side: (sides[side].float().cpu(), batch[f"{side}_mask"].bool().cpu(), batch[f"{side}_ids"].cpu())
+                for side in sides
+            }
         logps = per_token_logps(model, **batch).float().cpu()  # (2B, T): chosen rows, then rejected
         mask, ids = batch["completion_mask"].bool().cpu(), batch["input_ids"].cpu()  # (2B, T) each
         b = logps.shape[0] // 2
@@ -326,7 +338,9 @@ def pair_logps(
     encoded = encode_pairs(records, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length)
     device = model_device(model)
     scorer = PairScorer(model, pad_token_id(tokenizer), share_prompt)
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]["chosen_input_ids"]) + len(encoded[i]["rejected_input_ids"]))
+    order = sorted(
+        range(len(encoded)), key=lambda i: len(encoded[i]["chosen_input_ids"]) + len(encoded[i]["rejected_input_ids"])
+    )
     results: list[dict | None] = [None] * len(encoded)
     with eval_mode(model), torch.inference_mode():
         for lo in tqdm(range(0, len(order), batch_size), desc="log-probs", disable=not progress):
@@ -429,10 +443,15 @@ def eq16_per_state(policy, reference, tokenizer, records, beta: float, max_lengt
         lp_pol, lp_ref = pol.log_softmax(-1), ref.log_softmax(-1)  # (T, V) each
         taken = ids[0, n_prompt:L]  # (T,) the chosen tokens (and EOS)
         at = torch.arange(len(taken)), taken
-        out.append({
-            "expected": (lp_ref.exp() * beta * (lp_pol - lp_ref)).sum(-1).numpy(),  # eq. 16, left side
-            "neg_beta_kl": (-beta * torch.distributions.kl_divergence(Categorical(logits=ref), Categorical(logits=pol))).numpy(),
-            "realised": per_token_rewards(lp_pol[at], lp_ref[at], torch.ones_like(taken, dtype=torch.bool),
-                                          beta).numpy(),  # eq. 10 of the taken tokens
-        })
+        out.append(
+            {
+                "expected": (lp_ref.exp() * beta * (lp_pol - lp_ref)).sum(-1).numpy(),  # eq. 16, left side
+                "neg_beta_kl": (
+                    -beta * torch.distributions.kl_divergence(Categorical(logits=ref), Categorical(logits=pol))
+                ).numpy(),
+                "realised": per_token_rewards(
+                    lp_pol[at], lp_ref[at], torch.ones_like(taken, dtype=torch.bool), beta
+                ).numpy(),  # eq. 10 of the taken tokens
+            }
+        )
     return out

@@ -8,6 +8,8 @@ and every checkpoint holds the optimizer, RNG states and data order, so a resume
 an uninterrupted one.
 
 It knows nothing about losses or data: indices in, metric sums out.
+
+Size exception: module -- the loop, its schedule, metric window and checkpoint pruning share the accelerate state; split next
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from qstar_lib import scale
 from qstar_lib.lm import checkpoint as ckpt
 from qstar_lib.lm.models import train_mode
 from qstar_lib.lm.train_config import History, TrainConfig
@@ -111,17 +114,26 @@ def _local_micro_batches(indices: list[int], config: TrainConfig, rank: int, wor
 
 
 def _accelerator(config: TrainConfig):
+    """The Accelerator of a run: on the CPU when the scale says so (ci/cpu scales, even with a GPU), with the
+    config's precision or, left None, the launcher's (``accelerate launch --mixed_precision``, its config file)
+    or bf16 on a GPU with native bf16 (:func:`qstar_lib.scale.mixed_precision`)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
+    on_cpu = scale.device() == "cpu"
+    precision = config.mixed_precision or scale.mixed_precision("cpu" if on_cpu else None)
     try:
-        accelerator = Accelerator(mixed_precision=config.mixed_precision)
+        accelerator = Accelerator(mixed_precision=precision, cpu=on_cpu)
     except ValueError:
         # accelerate keeps one process-wide state; a notebook that trains once in fp32 and then in bf16 would
         # otherwise need a restart. Only the precision is reset; the process group (if any) is kept.
         AcceleratorState._reset_state(reset_partial_state=False)
-        accelerator = Accelerator(mixed_precision=config.mixed_precision)
-    world = torch.distributed.get_world_size() if torch.distributed.is_available() and torch.distributed.is_initialized() else 1
+        accelerator = Accelerator(mixed_precision=precision, cpu=on_cpu)
+    world = (
+        torch.distributed.get_world_size()
+        if torch.distributed.is_available() and torch.distributed.is_initialized()
+        else 1
+    )
     if world > accelerator.num_processes:
         # e.g. an FSDP config with use_cpu: accelerate starts the processes but falls back to distributed
         # type NO, and every process would silently train its own full copy on all the data
@@ -140,32 +152,53 @@ def _seed_all(seed: int) -> None:
 
 
 class _MetricWindow:
-    """Averages each metric over a logging window (as TRL does); counters and the learning rate keep their last value."""
+    """Averages each metric over a logging window (as TRL does); counters and the learning rate keep their last value.
+
+    Values may be device tensors: they are summed where they are and read (one device sync) only in :meth:`flush`.
+    """
 
     LAST = ("num_tokens", "learning_rate")
 
     def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
-        self.last: dict[str, float] = {}
+        self.sums: dict[str, Any] = {}
+        self.last: dict[str, Any] = {}
         self.count = 0
 
-    def add(self, metrics: Mapping[str, float]) -> None:
+    def add(self, metrics: Mapping[str, Any]) -> None:
         for k, v in metrics.items():
             if k in self.LAST:
-                self.last[k] = float(v)
+                self.last[k] = v
             else:
-                self.sums[k] = self.sums.get(k, 0.0) + float(v)
+                self.sums[k] = self.sums.get(k, 0.0) + v
         self.count += 1
 
     def flush(self) -> dict[str, float]:
-        out = {k: v / self.count for k, v in self.sums.items()}
-        out.update(self.last)
+        values = {k: v / self.count for k, v in self.sums.items()}
+        values.update(self.last)
         self.sums, self.last, self.count = {}, {}, 0
-        return out
+        return _as_floats(values)
 
 
-def _resume(resume_from: str, kind: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-            config: TrainConfig, schedule: _Schedule) -> tuple[int, float, History]:
+def _as_floats(values: Mapping[str, Any]) -> dict[str, float]:
+    """Python floats of scalars and 0-dim tensors, the tensors read in one device sync."""
+    out = {k: float(v) for k, v in values.items() if not isinstance(v, torch.Tensor)}
+    keys = [k for k, v in values.items() if isinstance(v, torch.Tensor)]
+    if keys:
+        # a DTensor (FSDP's grad norm) is made whole first
+        parts = [getattr(values[k], "full_tensor", lambda t=values[k]: t)().detach().double().reshape(()) for k in keys]
+        stacked = torch.stack([t.to(parts[0].device) for t in parts])
+        out.update(zip(keys, stacked.tolist()))
+    return {k: out[k] for k in values}
+
+
+def _resume(
+    resume_from: str,
+    kind: str,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    schedule: _Schedule,
+) -> tuple[int, float, History]:
     """Load a checkpoint of the same run into ``model``, ``optimizer`` and the RNGs.
 
     Returns the step to continue from, the tokens seen so far and the history up to that step.
@@ -174,8 +207,10 @@ def _resume(resume_from: str, kind: str, model: torch.nn.Module, optimizer: torc
     if meta.get("kind") != kind:
         raise ValueError(f"{resume_from} is a {meta.get('kind')} checkpoint, not {kind}")
     if meta.get("optimizer") is None:
-        raise ValueError(f"{resume_from} was saved under FSDP without optimizer state: it holds the weights "
-                         "(load it as a model) but cannot resume a run")
+        raise ValueError(
+            f"{resume_from} was saved under FSDP without optimizer state: it holds the weights "
+            "(load it as a model) but cannot resume a run"
+        )
     ckpt.load_model_weights(model, resume_from)
     optimizer.load_state_dict(ckpt.optimizer_state_from_flat(tensors, meta["optimizer"]))
     start_step = int(meta["step"])
@@ -190,9 +225,20 @@ def _resume(resume_from: str, kind: str, model: torch.nn.Module, optimizer: torc
     return start_step, tokens_seen, history
 
 
-def _save(step: int, *, kind: str, model, optimizer: torch.optim.Optimizer, tokenizer: Any, config: TrainConfig,
-          accelerator, schedule: _Schedule, tokens_seen: float, history: History,
-          extra_tensors: dict[str, torch.Tensor]) -> None:
+def _save(
+    step: int,
+    *,
+    kind: str,
+    model,
+    optimizer: torch.optim.Optimizer,
+    tokenizer: Any,
+    config: TrainConfig,
+    accelerator,
+    schedule: _Schedule,
+    tokens_seen: float,
+    history: History,
+    extra_tensors: dict[str, torch.Tensor],
+) -> None:
     """Write ``checkpoint-{step}`` under ``config.output_dir`` (nothing without one), every rank joining."""
     if not config.output_dir:
         return
@@ -207,17 +253,32 @@ def _save(step: int, *, kind: str, model, optimizer: torch.optim.Optimizer, toke
         order = _epoch_order(schedule.n, config.seed, step // schedule.steps_per_epoch)
         tensors = {**opt_tensors, **rng_tensors, "data.order": order, **extra_tensors}
         meta = {
-            "kind": kind, "step": step, "num_tokens": tokens_seen, "epoch": step / schedule.steps_per_epoch,
-            "total_steps": schedule.total_steps, "optimizer": opt_meta, "rng": rng_meta,
-            "config": config.to_dict(), "history": list(history),
+            "kind": kind,
+            "step": step,
+            "num_tokens": tokens_seen,
+            "epoch": step / schedule.steps_per_epoch,
+            "total_steps": schedule.total_steps,
+            "optimizer": opt_meta,
+            "rng": rng_meta,
+            "config": config.to_dict(),
+            "history": list(history),
         }
         folder = ckpt.checkpoint_dir(config.output_dir, step)
         ckpt.save_checkpoint(folder, accelerator.unwrap_model(model), tokenizer, tensors, meta, state_dict=full_state)
+        if config.save_total_limit:
+            ckpt.prune_checkpoints(config.output_dir, config.save_total_limit)
     accelerator.wait_for_everyone()
 
 
-def _accumulate_and_step(model, optimizer: torch.optim.Optimizer, accelerator, config: TrainConfig,
-                         micro: list[list[int]], micro_step, weight: float) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def _accumulate_and_step(
+    model,
+    optimizer: torch.optim.Optimizer,
+    accelerator,
+    config: TrainConfig,
+    micro: list[list[int]],
+    micro_step,
+    weight: float,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Forward + backward on every micro-batch of one step (gradients synced on the last), clip, update.
 
     Returns the summed metrics of the micro-batches and the gradient norm before clipping."""
@@ -256,8 +317,18 @@ def _run_loop(
     by ``weight`` and returns its metric *sums* (tensors) plus ``"count"``; ``step_weight(indices)`` gives
     the normaliser of a whole step (pairs for DPO, completion tokens for SFT) over all processes.
     """
+    config = config.resolve_batch(accelerator.num_processes)  # a global_train_batch_size fixes the accumulation
     schedule = _make_schedule(n_records, config, accelerator.num_processes)
+    if accelerator.is_main_process and not config.disable_tqdm:
+        print(  # two short lines: they show in the book's cell outputs
+            f"{kind}: global batch {schedule.global_batch} = {config.per_device_train_batch_size} per device"
+            f" x {config.gradient_accumulation_steps} accumulation x {accelerator.num_processes} processes\n"
+            f"{kind}: mixed precision {accelerator.mixed_precision}, device {accelerator.device}"
+        )
     model.to(accelerator.device)  # before the optimizer, so loaded optimizer state lands on the same device
+    checkpointing = config.gradient_checkpointing and not _checkpointing(model, None)
+    if checkpointing:
+        _checkpointing(model, True)
     optimizer = _make_optimizer(model, config)
     history = History()
     start_step = 0
@@ -269,15 +340,59 @@ def _run_loop(
     with train_mode(model):  # the caller's mode comes back afterwards
         model, optimizer = accelerator.prepare(model, optimizer)
         model.train()
-        _steps(kind=kind, model=model, optimizer=optimizer, tokenizer=tokenizer, config=config, accelerator=accelerator,
-               schedule=schedule, micro_step=micro_step, step_weight=step_weight, extra_tensors=extra_tensors,
-               callbacks=callbacks, start_step=start_step, tokens_seen=tokens_seen, history=history)
+        _steps(
+            kind=kind,
+            model=model,
+            optimizer=optimizer,
+            tokenizer=tokenizer,
+            config=config,
+            accelerator=accelerator,
+            schedule=schedule,
+            micro_step=micro_step,
+            step_weight=step_weight,
+            extra_tensors=extra_tensors,
+            callbacks=callbacks,
+            start_step=start_step,
+            tokens_seen=tokens_seen,
+            history=history,
+        )
+    if checkpointing:
+        _checkpointing(accelerator.unwrap_model(model), False)
     return history
 
 
-def _steps(*, kind: str, model, optimizer: torch.optim.Optimizer, tokenizer: Any, config: TrainConfig, accelerator,
-           schedule: _Schedule, micro_step, step_weight, extra_tensors: dict[str, torch.Tensor],
-           callbacks: Sequence[Callback], start_step: int, tokens_seen: float, history: History) -> None:
+def _checkpointing(model: torch.nn.Module, enable: bool | None) -> bool:
+    """Read (``enable=None``) or switch transformers' activation (gradient) checkpointing, by either API name."""
+    new = hasattr(model, "activation_checkpointing_enable")
+    if enable is None:
+        return bool(getattr(model, "is_activation_checkpointing" if new else "is_gradient_checkpointing", False))
+    if enable:
+        if new:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        (model.activation_checkpointing_disable if new else model.gradient_checkpointing_disable)()
+    return enable
+
+
+def _steps(
+    *,
+    kind: str,
+    model,
+    optimizer: torch.optim.Optimizer,
+    tokenizer: Any,
+    config: TrainConfig,
+    accelerator,
+    schedule: _Schedule,
+    micro_step,
+    step_weight,
+    extra_tensors: dict[str, torch.Tensor],
+    callbacks: Sequence[Callback],
+    start_step: int,
+    tokens_seen: float,
+    history: History,
+) -> None:
     """The optimizer steps ``start_step .. total_steps`` of :func:`_run_loop`, appending to ``history``."""
     from tqdm.auto import tqdm
 
@@ -286,7 +401,9 @@ def _steps(*, kind: str, model, optimizer: torch.optim.Optimizer, tokenizer: Any
     window = _MetricWindow()
 
     bar = tqdm(
-        total=schedule.total_steps, initial=start_step, desc=kind,
+        total=schedule.total_steps,
+        initial=start_step,
+        desc=kind,
         disable=config.disable_tqdm or not accelerator.is_local_main_process,
     )
     for step in range(start_step, schedule.total_steps):
@@ -295,16 +412,18 @@ def _steps(*, kind: str, model, optimizer: torch.optim.Optimizer, tokenizer: Any
         indices = schedule.indices(step)
         norm = step_weight(indices)
         micro = _local_micro_batches(indices, config, rank, world)
-        sums, grad_norm = _accumulate_and_step(model, optimizer, accelerator, config, micro, micro_step,
-                                               world / norm)  # DDP averages over processes: undo it
+        sums, grad_norm = _accumulate_and_step(
+            model, optimizer, accelerator, config, micro, micro_step, world / norm
+        )  # DDP averages over processes: undo it
 
         keys = sorted(sums)
+        # the metrics stay device tensors (no sync per step); they are read once per logged step
         totals = accelerator.reduce(torch.stack([sums[k].to(accelerator.device) for k in keys]), "sum")
-        totals = dict(zip(keys, totals.tolist()))
-        tokens_seen += totals.pop("num_tokens")
+        totals = dict(zip(keys, totals.unbind()))
+        tokens_seen = totals.pop("num_tokens") + tokens_seen
         metrics = _finish_metrics(kind, totals)
         metrics["num_tokens"] = tokens_seen
-        metrics["grad_norm"] = float(grad_norm)
+        metrics["grad_norm"] = grad_norm
         metrics["learning_rate"] = lr
         window.add(metrics)
         done = step + 1
@@ -312,21 +431,33 @@ def _steps(*, kind: str, model, optimizer: torch.optim.Optimizer, tokenizer: Any
             row = {"step": done, "epoch": done / schedule.steps_per_epoch, **window.flush()}
             history.append(row)
             bar.set_postfix(loss=f"{row['loss']:.4f}")
+        if callbacks:
+            metrics = _as_floats(metrics)
         for callback in callbacks:
             callback(done, metrics, unwrapped)
         if (config.save_steps and done % config.save_steps == 0) or done == schedule.total_steps:
-            _save(done, kind=kind, model=model, optimizer=optimizer, tokenizer=tokenizer, config=config,
-                  accelerator=accelerator, schedule=schedule, tokens_seen=tokens_seen, history=history,
-                  extra_tensors=extra_tensors)
+            _save(
+                done,
+                kind=kind,
+                model=model,
+                optimizer=optimizer,
+                tokenizer=tokenizer,
+                config=config,
+                accelerator=accelerator,
+                schedule=schedule,
+                tokens_seen=float(tokens_seen),
+                history=history,
+                extra_tensors=extra_tensors,
+            )
         bar.update(1)
     bar.close()
 
 
-def _finish_metrics(kind: str, totals: Mapping[str, float]) -> dict[str, float]:
+def _finish_metrics(kind: str, totals: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Turn summed metrics into TRL's batch means."""
     if kind == "sft":
-        return {"loss": totals["nll_sum"] / max(totals["tokens"], 1.0)}
-    n = max(totals["count"], 1.0)
+        return {"loss": totals["nll_sum"] / totals["tokens"].clamp(min=1.0)}
+    n = totals["count"].clamp(min=1.0)
     chosen, rejected = totals["rewards/chosen"] / n, totals["rewards/rejected"] / n
     return {
         "loss": totals["loss"] / n,
@@ -339,5 +470,6 @@ def _finish_metrics(kind: str, totals: Mapping[str, float]) -> dict[str, float]:
     }
 
 
-def _to_device(batch: Mapping[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device) for k, v in batch.items()}
+def _to_device(batch: Mapping[str, Any], device) -> dict[str, Any]:
+    """The batch's tensors on ``device``; other entries (a collate's ``logits_from`` int) as they are."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

@@ -60,6 +60,7 @@ TINY_N_TEXTS = 400  # synthetic records whose prompt/chosen/rejected train the t
 TINY_VERSION = 1  # bump when the recipe changes so old caches are not reused
 TINY_SPECIAL_TOKENS = {"eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>", "pad_token": "<|pad|>"}
 
+
 def default_model_name() -> str:
     """The model a chapter uses unless told otherwise: ``tiny`` at ci scale, SmolLM2 at cpu and gpu scale."""
     return scale.pick(ci=TINY, cpu=OFFLINE_DEFAULT, gpu=OFFLINE_DEFAULT)

@@ -30,8 +30,13 @@ from transformers import Cache, LogitsProcessor
 from qstar_lib.lm.logps import cache_kwarg, output_cache
 
 __all__ = [
-    "implicit_advantage", "proxy_logits", "proxy_distribution", "ProxyTuningLogitsProcessor", "steered_summaries",
-    "logits_at_states", "advantage_along",
+    "implicit_advantage",
+    "proxy_logits",
+    "proxy_distribution",
+    "ProxyTuningLogitsProcessor",
+    "steered_summaries",
+    "logits_at_states",
+    "advantage_along",
 ]
 
 
@@ -250,8 +255,9 @@ def _encode(tokenizer, prompt: str, completion: str) -> tuple[torch.Tensor, int]
     return ids, len(tokenizer(prompt, add_special_tokens=False).input_ids)
 
 
-def logits_at_states(models, tokenizer, prompt: str, completion: str, n_states: int = 5,
-                     device: torch.device | str | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def logits_at_states(
+    models, tokenizer, prompt: str, completion: str, n_states: int = 5, device: torch.device | str | None = None
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Chapter 8's states: ``n_states`` positions from the prompt's last token to the completion's last, (S,),
     and each model's float64 logits there, (S, V) each, all on ``device`` (default: the first model's).
 
@@ -268,8 +274,9 @@ def logits_at_states(models, tokenizer, prompt: str, completion: str, n_states: 
     return states.to(device), out
 
 
-def advantage_along(proxy, ref, tokenizer, prompt: str, completion: str, beta: float,
-                    device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def advantage_along(
+    proxy, ref, tokenizer, prompt: str, completion: str, beta: float, device: torch.device | str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The advantage proxy tuning adds at each token of ``completion`` after ``prompt``, for the token taken:
     ``(per_token (n,), taken ids (n,))`` on ``device`` (default: the proxy's); ``.cpu()`` before ``.numpy()``."""
     ids, start = _encode(tokenizer, prompt, completion)

@@ -20,6 +20,8 @@ The optimizer loop both share is :mod:`qstar_lib.lm.loop`. ``accelerate`` places
 handles mixed precision and, under ``accelerate launch``, DDP/FSDP; gradient accumulation is done explicitly
 (a weighted sum over micro-batches, so batch 4 equals 2 x 2 accumulation exactly for DPO and, for SFT,
 normalises by all completion tokens of the step).
+
+Size exception: train_dpo -- resume, reference precompute and the micro-step closure of one run; split next
 """
 
 from __future__ import annotations
@@ -68,11 +70,19 @@ def train_sft(
     """
     if not isinstance(config, SFTConfig):
         raise TypeError(f"config must be an SFTConfig, got {type(config).__name__}")
-    validate_records(records, tokenizer=tokenizer, max_length=config.max_length,
-                     max_prompt_length=config.max_prompt_length, fields=("prompt", config.completion_field))
+    validate_records(
+        records,
+        tokenizer=tokenizer,
+        max_length=config.max_length,
+        max_prompt_length=config.max_prompt_length,
+        fields=("prompt", config.completion_field),
+    )
     _seed_all(config.seed)
     encoded = encode_sft(
-        records, tokenizer, max_length=config.max_length, max_prompt_length=config.max_prompt_length,
+        records,
+        tokenizer,
+        max_length=config.max_length,
+        max_prompt_length=config.max_prompt_length,
         field=config.completion_field,
     )
     n_tokens = torch.tensor([sum(e["completion_mask"]) for e in encoded], dtype=torch.float64)  # (N,)
@@ -85,15 +95,27 @@ def train_sft(
             logps = per_token_logps(model, **batch)  # (b, T), 0 off the completion
             nll_sum = -logps.to(torch.promote_types(logps.dtype, torch.float32)).sum()  # float32 at least, float64 kept
         accelerator.backward(nll_sum * weight)
-        return {"nll_sum": nll_sum, "tokens": batch["completion_mask"].sum(), "num_tokens": batch["attention_mask"].sum()}
+        return {
+            "nll_sum": nll_sum,
+            "tokens": batch["completion_mask"].sum(),
+            "num_tokens": batch["attention_mask"].sum(),
+        }
 
     def step_weight(indices):
         return float(n_tokens[indices].sum())
 
     return _run_loop(
-        kind="sft", model=model, tokenizer=tokenizer, config=config, accelerator=accelerator,
-        n_records=len(encoded), micro_step=micro_step, step_weight=step_weight, extra_tensors={},
-        callbacks=callbacks, resume_from=resume_from,
+        kind="sft",
+        model=model,
+        tokenizer=tokenizer,
+        config=config,
+        accelerator=accelerator,
+        n_records=len(encoded),
+        micro_step=micro_step,
+        step_weight=step_weight,
+        extra_tensors={},
+        callbacks=callbacks,
+        resume_from=resume_from,
     )
 
 
@@ -122,7 +144,8 @@ def precompute_ref_logps(
     order = sorted(range(n), key=lambda i: lengths[i])
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     device = accelerator.device if accelerator else next(ref_model.parameters()).device
-    autocast = accelerator.autocast if accelerator else nullcontext
+    # bf16 autocast as in training; never fp16: Pythia's reference log-probs overflow in it (DPO repo issue #11)
+    autocast = accelerator.autocast if accelerator and accelerator.mixed_precision == "bf16" else nullcontext
     chunks = [order[lo : lo + batch_size] for lo in range(0, n, batch_size)][rank::world]
     scorer = PairScorer(ref_model, pad_token_id, share_prompt)
     local: list[tuple[int, float, float]] = []
@@ -139,6 +162,27 @@ def precompute_ref_logps(
     return ref_chosen, ref_rejected
 
 
+def _saved_ref_logps(resume_from: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference log-probs stored in a checkpoint, (n,) chosen and (n,) rejected."""
+    tensors, _ = ckpt.load_training_state(resume_from)
+    if "ref.chosen_logps" not in tensors:
+        raise KeyError(f"{resume_from} holds no reference log-probs (ref.chosen_logps)")
+    ref_chosen, ref_rejected = tensors["ref.chosen_logps"], tensors["ref.rejected_logps"]
+    if len(ref_chosen) != n:
+        raise ValueError(f"{resume_from} has reference log-probs for {len(ref_chosen)} pairs, got {n}")
+    return ref_chosen, ref_rejected
+
+
+def _release(ref_model: torch.nn.Module) -> None:
+    """Move a separate reference model off the accelerator once its log-probs are cached (11 GB for a 2.8B
+    model in float32 would otherwise stay on every GPU for the whole run)."""
+    device = next(ref_model.parameters(), torch.empty(0)).device
+    if device.type != "cpu":
+        ref_model.to("cpu")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
 def train_dpo(
     model: torch.nn.Module,
     ref_model: torch.nn.Module | None,
@@ -152,7 +196,8 @@ def train_dpo(
 
     The reference log-probs of every pair are computed once, before the first update (with ``ref_model``,
     or with ``model`` itself when ``ref_model`` is None: before any update the policy *is* the reference, so
-    no copy is needed). They are stored in each checkpoint, so resuming does not need the reference model.
+    no copy is needed). They are stored in each checkpoint, so resuming does not need the reference model;
+    a separate ``ref_model`` is moved to the CPU once they are computed.
     Each micro-batch is one forward over ``[chosen; rejected]`` (2B rows); the loss is
     :func:`qstar_lib.dpo.dpo_loss` averaged over the pairs of the optimizer step. At step 1 policy ==
     reference, so the logged loss is ln 2.
@@ -163,27 +208,30 @@ def train_dpo(
     """
     if not isinstance(config, DPOConfig):
         raise TypeError(f"config must be a DPOConfig, got {type(config).__name__}")
-    validate_records(records, tokenizer=tokenizer, max_length=config.max_length,
-                     max_prompt_length=config.max_prompt_length)
+    validate_records(
+        records, tokenizer=tokenizer, max_length=config.max_length, max_prompt_length=config.max_prompt_length
+    )
     _seed_all(config.seed)
     encoded = encode_pairs(records, tokenizer, max_length=config.max_length, max_prompt_length=config.max_prompt_length)
     pad_id = pad_token_id(tokenizer)
     accelerator = _accelerator(config)
 
     if resume_from is not None:
-        tensors, _ = ckpt.load_training_state(resume_from)
-        if "ref.chosen_logps" not in tensors:
-            raise KeyError(f"{resume_from} holds no reference log-probs (ref.chosen_logps)")
-        ref_chosen, ref_rejected = tensors["ref.chosen_logps"], tensors["ref.rejected_logps"]
-        if len(ref_chosen) != len(encoded):
-            raise ValueError(f"{resume_from} has reference log-probs for {len(ref_chosen)} pairs, got {len(encoded)}")
+        ref_chosen, ref_rejected = _saved_ref_logps(resume_from, len(encoded))
     else:
         reference = model if ref_model is None else ref_model
         reference.to(accelerator.device)
         ref_chosen, ref_rejected = precompute_ref_logps(
-            reference, encoded, pad_id, config.precompute_ref_batch_size or 2 * config.per_device_train_batch_size,
-            accelerator=accelerator, progress=not config.disable_tqdm, share_prompt=config.share_prompt,
+            reference,
+            encoded,
+            pad_id,
+            config.precompute_ref_batch_size or 2 * config.per_device_train_batch_size,
+            accelerator=accelerator,
+            progress=not config.disable_tqdm,
+            share_prompt=config.share_prompt,
         )
+        if ref_model is not None:
+            _release(ref_model)
     scorer = PairScorer(model, pad_id, config.share_prompt)
 
     def micro_step(model, idx, weight):
@@ -193,7 +241,12 @@ def train_dpo(
         ref_c = ref_chosen[idx].to(chosen_logps)  # (b,)
         ref_r = ref_rejected[idx].to(chosen_logps)  # (b,)
         losses, chosen_rewards, rejected_rewards = dpo_loss(
-            chosen_logps, rejected_logps, ref_c, ref_r, beta=config.beta, loss_type=config.loss_type,
+            chosen_logps,
+            rejected_logps,
+            ref_c,
+            ref_r,
+            beta=config.beta,
+            loss_type=config.loss_type,
             label_smoothing=config.label_smoothing,
         )
         accelerator.backward(losses.sum() * weight)
@@ -206,8 +259,9 @@ def train_dpo(
             "logps/chosen": chosen_logps.detach().sum(),
             "logps/rejected": rejected_logps.detach().sum(),
             # TRL's count: the tokens of the [chosen; rejected] rows (the prompt twice), whatever the packing
-            "num_tokens": torch.tensor(float(sum(len(encoded[i]["chosen_input_ids"]) + len(encoded[i]["rejected_input_ids"])
-                                                 for i in idx))),
+            "num_tokens": torch.tensor(
+                float(sum(len(encoded[i]["chosen_input_ids"]) + len(encoded[i]["rejected_input_ids"]) for i in idx))
+            ),
         }
 
     def step_weight(indices):
@@ -215,7 +269,15 @@ def train_dpo(
 
     extra = {"ref.chosen_logps": ref_chosen, "ref.rejected_logps": ref_rejected}
     return _run_loop(
-        kind="dpo", model=model, tokenizer=tokenizer, config=config, accelerator=accelerator,
-        n_records=len(encoded), micro_step=micro_step, step_weight=step_weight, extra_tensors=extra,
-        callbacks=callbacks, resume_from=resume_from,
+        kind="dpo",
+        model=model,
+        tokenizer=tokenizer,
+        config=config,
+        accelerator=accelerator,
+        n_records=len(encoded),
+        micro_step=micro_step,
+        step_weight=step_weight,
+        extra_tensors=extra,
+        callbacks=callbacks,
+        resume_from=resume_from,
     )

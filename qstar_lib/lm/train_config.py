@@ -38,7 +38,14 @@ class TrainConfig:
     seed: int = 0
     logging_steps: int = 1  # history gets the mean of each window of this many steps
     save_steps: int = 0  # save checkpoint-{step} every this many steps (0: only at the end, if output_dir)
-    mixed_precision: str = "no"  # "no" | "bf16" | "fp16"
+    save_total_limit: int | None = None  # keep only the newest this many checkpoint-*/ (None: all)
+    # None: the launcher's (`accelerate launch --mixed_precision`, its config file), else bf16 on a GPU with
+    # native bf16 (qstar_lib.scale.mixed_precision); "no" | "bf16" | "fp16" forces one
+    mixed_precision: str | None = None
+    # Set: the pairs (sequences) of one optimizer step over ALL processes; gradient_accumulation_steps is then
+    # derived from it and the number of processes (resolve_batch). None: TRL's per-device semantics.
+    global_train_batch_size: int | None = None
+    gradient_checkpointing: bool = False  # recompute activations in the backward (less memory, ~1/3 slower)
     disable_tqdm: bool = False
 
     def __post_init__(self) -> None:
@@ -46,7 +53,7 @@ class TrainConfig:
             raise ValueError(f"optim={self.optim!r}; choose one of {OPTIMIZERS}")
         if self.lr_scheduler_type not in SCHEDULERS:
             raise ValueError(f"lr_scheduler_type={self.lr_scheduler_type!r}; choose one of {SCHEDULERS}")
-        if self.mixed_precision not in MIXED_PRECISION:
+        if self.mixed_precision is not None and self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"mixed_precision={self.mixed_precision!r}; choose one of {MIXED_PRECISION}")
         for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps", "max_length"):
             if getattr(self, name) < 1:
@@ -57,6 +64,36 @@ class TrainConfig:
             raise ValueError("set max_steps > 0 or num_train_epochs > 0")
         if self.save_steps < 0 or self.warmup_steps < 0:
             raise ValueError("save_steps and warmup_steps must be >= 0")
+        for name in ("global_train_batch_size", "save_total_limit"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 or None, got {getattr(self, name)}")
+
+    def resolve_batch(self, num_processes: int) -> TrainConfig:
+        """The config a run on ``num_processes`` uses: itself, or with ``global_train_batch_size`` set, a copy
+        whose ``gradient_accumulation_steps`` (and, when it alone is too big, ``per_device_train_batch_size``)
+        give exactly that global batch: per-device x accumulation x processes == global_train_batch_size.
+        Raises ValueError for a combination that does not divide."""
+        if num_processes < 1:
+            raise ValueError(f"num_processes must be >= 1, got {num_processes}")
+        total = self.global_train_batch_size
+        if total is None:
+            return self
+        if total % num_processes:
+            raise ValueError(f"global_train_batch_size={total} does not split over {num_processes} processes")
+        share = total // num_processes
+        per_device = min(self.per_device_train_batch_size, share)
+        if share % per_device:
+            raise ValueError(
+                f"global_train_batch_size={total} on {num_processes} processes is {share} per process, "
+                f"not a multiple of per_device_train_batch_size={per_device}"
+            )
+        return dataclasses.replace(
+            self, per_device_train_batch_size=per_device, gradient_accumulation_steps=share // per_device
+        )
+
+    def global_batch(self, num_processes: int) -> int:
+        """Pairs (sequences) per optimizer step over all processes (TRL's per-device semantics)."""
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps * num_processes
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -70,10 +107,19 @@ class SFTConfig(TrainConfig):
 
     @classmethod
     def paper(cls, **overrides) -> SFTConfig:
-        """The paper's SFT (Appendix G / DPO reference code): RMSprop, lr 5e-7, batch 64 x 2, clip 10, 512 tokens."""
+        """The paper's SFT (Appendix G / DPO reference code): RMSprop, lr 5e-7, batch 64 x 2, clip 10, 512 tokens.
+
+        The global batch (128 sequences) holds on any number of processes (``global_train_batch_size``)."""
         base = dict(
-            optim="rmsprop", learning_rate=5e-7, per_device_train_batch_size=64, gradient_accumulation_steps=2,
-            warmup_steps=150, max_grad_norm=10.0, max_length=512, num_train_epochs=1.0,
+            optim="rmsprop",
+            learning_rate=5e-7,
+            per_device_train_batch_size=64,
+            gradient_accumulation_steps=2,
+            global_train_batch_size=128,
+            warmup_steps=150,
+            max_grad_norm=10.0,
+            max_length=512,
+            num_train_epochs=1.0,
         )
         return cls(**{**base, **overrides})
 
@@ -95,10 +141,20 @@ class DPOConfig(TrainConfig):
 
     @classmethod
     def paper(cls, **overrides) -> DPOConfig:
-        """The paper's DPO: beta 0.1, RMSprop, lr 5e-7, linear warm-up 150 steps, clip 10, batch 32 x 2, 512 tokens."""
+        """The paper's DPO: beta 0.1, RMSprop, lr 5e-7, linear warm-up 150 steps, clip 10, batch 32 x 2, 512 tokens.
+
+        The global batch (64 pairs) holds on any number of processes (``global_train_batch_size``)."""
         base = dict(
-            optim="rmsprop", learning_rate=5e-7, per_device_train_batch_size=32, gradient_accumulation_steps=2,
-            warmup_steps=150, max_grad_norm=10.0, beta=0.1, max_length=512, num_train_epochs=1.0,
+            optim="rmsprop",
+            learning_rate=5e-7,
+            per_device_train_batch_size=32,
+            gradient_accumulation_steps=2,
+            global_train_batch_size=64,
+            warmup_steps=150,
+            max_grad_norm=10.0,
+            beta=0.1,
+            max_length=512,
+            num_train_epochs=1.0,
         )
         return cls(**{**base, **overrides})
 

@@ -60,8 +60,13 @@ def _last_logits(model, sequences: torch.Tensor) -> torch.Tensor:
     return logits.float().cpu()
 
 
-def _beam_search(step_scores: Callable[[torch.Tensor], torch.Tensor], prompt_ids: list[int], num_beams: int,
-                 max_new_tokens: int, eos_token_id: int) -> dict:
+def _beam_search(
+    step_scores: Callable[[torch.Tensor], torch.Tensor],
+    prompt_ids: list[int],
+    num_beams: int,
+    max_new_tokens: int,
+    eos_token_id: int,
+) -> dict:
     """Beam search with the bookkeeping of ``transformers`` ``generate`` (5.x, ``length_penalty=0``,
     ``early_stopping="never"``), over an arbitrary additive step score.
 
@@ -134,8 +139,9 @@ def _beam_search(step_scores: Callable[[torch.Tensor], torch.Tensor], prompt_ids
     }
 
 
-def likelihood_beam_search(policy, tokenizer, prompt: str, num_beams: int, max_new_tokens: int,
-                           beta: float = 1.0) -> BeamSearchResult:
+def likelihood_beam_search(
+    policy, tokenizer, prompt: str, num_beams: int, max_new_tokens: int, beta: float = 1.0
+) -> BeamSearchResult:
     """Eq. 13: beam search on ``beta * sum_t log pi_theta(a_t|s_t)`` (a positive ``beta`` changes no choice).
 
     This is ``generate(num_beams=k, length_penalty=0, early_stopping="never")`` written out, with the beam
@@ -154,8 +160,9 @@ def likelihood_beam_search(policy, tokenizer, prompt: str, num_beams: int, max_n
 
 
 def _result(tokenizer, out: dict, max_abs_value: float = 0.0) -> BeamSearchResult:
-    return BeamSearchResult(text=tokenizer.decode(out["tokens"], skip_special_tokens=True),
-                            max_abs_value=max_abs_value, **out)
+    return BeamSearchResult(
+        text=tokenizer.decode(out["tokens"], skip_special_tokens=True), max_abs_value=max_abs_value, **out
+    )
 
 
 def eq12_step_score(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -169,15 +176,17 @@ def eq12_step_score(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float) -> 
     score telescopes to likelihood search (eq. 13). Returns ``(score (W, V), value (W,))``.
     """
     if logp.shape != ref_logp.shape:
-        raise ValueError(f"policy and ref_model disagree on the vocabulary: {tuple(logp.shape)} vs "
-                         f"{tuple(ref_logp.shape)}")
+        raise ValueError(
+            f"policy and ref_model disagree on the vocabulary: {tuple(logp.shape)} vs {tuple(ref_logp.shape)}"
+        )
     r_hat = per_token_rewards(logp, ref_logp, torch.ones_like(logp, dtype=torch.bool), beta)  # (W, V) eq. 10
     value = beta * torch.logsumexp(ref_logp + r_hat / beta, dim=-1)  # (W,) soft value of r_hat: 0
     return r_hat + beta * ref_logp, value  # (W, V) eq. 12 step score, (W,)
 
 
-def value_guided_beam_search(policy, ref_model, tokenizer, prompt: str, beta: float, num_beams: int,
-                             max_new_tokens: int) -> BeamSearchResult:
+def value_guided_beam_search(
+    policy, ref_model, tokenizer, prompt: str, beta: float, num_beams: int, max_new_tokens: int
+) -> BeamSearchResult:
     """Eq. 12: beam search whose step score is the implicit reward plus the reference term,
     ``r_hat(s, a) + beta * log pi_ref(a|s)`` with ``r_hat = beta * log(pi_theta / pi_ref)`` (eq. 10;
     :func:`eq12_step_score`).
@@ -220,28 +229,36 @@ def hf_beam_search(model, tokenizer, prompt: str, num_beams: int, max_new_tokens
     """
     ids = torch.tensor([_prompt_ids(tokenizer, prompt)], dtype=torch.long)  # (1, P)
     config = _generation_config(
-        tokenizer, num_beams=num_beams, length_penalty=0.0, early_stopping="never", do_sample=False,
-        temperature=1.0, top_k=None, max_new_tokens=max_new_tokens,
+        tokenizer,
+        num_beams=num_beams,
+        length_penalty=0.0,
+        early_stopping="never",
+        do_sample=False,
+        temperature=1.0,
+        top_k=None,
+        max_new_tokens=max_new_tokens,
     )
     config.return_dict_in_generate = True
     config.output_scores = True
     device = model_device(model)
     with eval_mode(model), torch.inference_mode():
-        out = model.generate(input_ids=ids.to(device), attention_mask=torch.ones_like(ids).to(device),
-                             generation_config=config)
+        out = model.generate(
+            input_ids=ids.to(device), attention_mask=torch.ones_like(ids).to(device), generation_config=config
+        )
     if num_beams > 1:
         n_new = int((out.beam_indices[0] >= 0).sum())
         score = float(out.sequences_scores[0])
     else:  # greedy: no beam bookkeeping; the length is up to and including the first EOS
-        new = out.sequences[0, ids.shape[1]:].tolist()
+        new = out.sequences[0, ids.shape[1] :].tolist()
         n_new = new.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in new else len(new)
         score = float(sum(torch.log_softmax(s[0].float(), -1)[tok] for s, tok in zip(out.scores, new[:n_new])))
     tokens = out.sequences[0, ids.shape[1] : ids.shape[1] + n_new].tolist()
     return tokens, score
 
 
-def compare_with_generate(policy, tokenizer, prompt: str, num_beams: int, max_new_tokens: int,
-                          tol: float = 1e-4) -> dict:
+def compare_with_generate(
+    policy, tokenizer, prompt: str, num_beams: int, max_new_tokens: int, tol: float = 1e-4
+) -> dict:
     """Run :func:`likelihood_beam_search` and :func:`hf_beam_search` on one prompt and compare.
 
     The comparison is of token sequences. HF accumulates float32 scores from cached incremental forwards;
