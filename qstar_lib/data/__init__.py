@@ -11,7 +11,7 @@ defines ``X``."""
 
 from __future__ import annotations
 
-import importlib
+from qstar_lib.lazy import lazy_exports
 
 #: exported name -> the module of this package that defines it
 _EXPORTS = {
@@ -64,16 +64,4 @@ _EXPORTS = {
     "load_tldr_preference": "tldr",
 }
 _SUBMODULES = ("records", "tldr", "synthetic", "family", "numbers", "values")
-__all__ = sorted(_EXPORTS) + list(_SUBMODULES)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    if name in _SUBMODULES:
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS, _SUBMODULES)

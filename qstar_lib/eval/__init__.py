@@ -6,7 +6,7 @@ defines ``X``."""
 
 from __future__ import annotations
 
-import importlib
+from qstar_lib.lazy import lazy_exports
 
 #: exported name -> the module of this package that defines it
 _EXPORTS = {
@@ -78,7 +78,7 @@ _EXPORTS = {
     "plot_beam_sweep": "sweep",
     "summary_stats": "sweep",
 }
-__all__ = sorted(_EXPORTS) + [
+_MODULES = (
     "baselines",
     "credit",
     "credit_table",
@@ -87,16 +87,5 @@ __all__ = sorted(_EXPORTS) + [
     "llm_judge",
     "judge_server",
     "sweep",
-]
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    if name in ("baselines", "credit", "credit_table", "heatmap", "judge", "llm_judge", "judge_server", "sweep"):
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS, _MODULES)

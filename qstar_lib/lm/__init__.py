@@ -8,7 +8,7 @@ defines ``X``."""
 
 from __future__ import annotations
 
-import importlib
+from qstar_lib.lazy import lazy_exports
 
 #: exported name -> the module of this package that defines it
 _EXPORTS = {
@@ -116,7 +116,7 @@ _EXPORTS = {
     "likelihood_beam_search": "value_search",
     "value_guided_beam_search": "value_search",
 }
-__all__ = sorted(_EXPORTS) + [
+_MODULES = (
     "models",
     "collate",
     "logps",
@@ -128,28 +128,5 @@ __all__ = sorted(_EXPORTS) + [
     "value_search",
     "proxy",
     "throughput",
-]
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    if name in (
-        "models",
-        "collate",
-        "logps",
-        "train",
-        "train_config",
-        "loop",
-        "checkpoint",
-        "decoding",
-        "value_search",
-        "proxy",
-        "throughput",
-    ):
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS, _MODULES)

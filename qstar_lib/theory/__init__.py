@@ -7,7 +7,7 @@ defines ``X``."""
 
 from __future__ import annotations
 
-import importlib
+from qstar_lib.lazy import lazy_exports
 
 #: exported name -> the module of this package that defines it
 _EXPORTS = {
@@ -90,16 +90,11 @@ _EXPORTS = {
     "regularised_reward": "tree_search",
     "search_margin": "tree_search",
 }
-__all__ = sorted(_EXPORTS) + ["symbolic", "tree", "tree_dpo", "tree_search", "tree_plot"]
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    if name in ("symbolic", "tree", "tree_dpo", "tree_search", "tree_plot"):
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+_MODULES = (
+    "symbolic",
+    "tree",
+    "tree_dpo",
+    "tree_search",
+    "tree_plot",
+)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS, _MODULES)
