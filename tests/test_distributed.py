@@ -92,5 +92,10 @@ def test_two_cpu_processes_match_one(tmp_path):
     assert gap_split <= 1e-2 * gap_doubled, (gap_split, gap_doubled)  # the batch is global: split, not doubled
 
     fsdp_on_cpu = CONFIGS.parent.parent / "tests" / "data" / "fsdp_cpu.yaml"
-    bad = _dpo(tmp_path, "bad", accelerate + ["--config_file", str(fsdp_on_cpu)])
-    assert bad.returncode != 0 and "processes were launched but accelerate set up 1" in bad.stderr
+    # accelerate launches 2 processes for it. Before the Accelerator was told cpu=True, each set up a separate
+    # single-process job (two silent copies), which train_dpo refused; now they form one CPU group (DDP, not
+    # FSDP): the same global batch of 8 as the torchrun launch, split by rank. Either way no copies train.
+    launched = _dpo(tmp_path, "fsdp_cpu", accelerate + ["--config_file", str(fsdp_on_cpu)])
+    refused = launched.returncode != 0 and "processes were launched but accelerate set up 1" in launched.stderr
+    grouped = launched.returncode == 0 and "global_batch=8" in launched.stdout and "processes=2" in launched.stdout
+    assert refused or grouped, (launched.returncode, launched.stdout[-500:], launched.stderr[-2000:])
