@@ -10,52 +10,23 @@ import math
 
 import pytest
 import torch
+from word_pairs import word_llama, word_records, word_tokenizer
 
 from qstar_lib import scale
 from qstar_lib.dpo import step1_tolerance
 from qstar_lib.lm.train_config import DPOConfig, SFTConfig
 
-WORDS = "the cat dog sat ran on a mat rug big small red blue my rent is 38k 250k per year and I got job".split()
-
-
-def _records(n: int, seed: int = 0) -> list[dict]:
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        w = [WORDS[i] for i in torch.randint(len(WORDS), (12,), generator=gen).tolist()]
-        out.append(
-            {
-                "prompt": " ".join(w[:6]) + " TL;DR:",
-                "chosen": " " + " ".join(w[6:9]),
-                "rejected": " " + " ".join(w[9:12]),
-            }
-        )
-    return out
-
 
 @pytest.fixture(scope="module")
 def tok():
-    from qstar_lib.lm.models import train_tiny_tokenizer
+    return word_tokenizer()
 
-    return train_tiny_tokenizer([r[k] for r in _records(50) for k in ("prompt", "chosen", "rejected")], vocab_size=300)
+
+_records = word_records
 
 
 def _model(tok, seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=128,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config).float()
+    return word_llama(tok, seed, tie_word_embeddings=False)
 
 
 @pytest.fixture

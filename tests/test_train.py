@@ -8,6 +8,7 @@ import os
 
 import pytest
 import torch
+from word_pairs import word_llama, word_records, word_tokenizer
 
 from qstar_lib.data import RecordError
 from qstar_lib.lm import checkpoint as ckpt
@@ -15,23 +16,6 @@ from qstar_lib.lm.collate import collate_pairs, collate_shared_prompt, encode_pa
 from qstar_lib.lm.logps import per_token_logps, sequence_logps
 from qstar_lib.lm.train import train_dpo, train_sft
 from qstar_lib.lm.train_config import DPOConfig, History, SFTConfig
-
-WORDS = "the cat dog sat ran on a mat rug big small red blue my rent is 38k 250k per year and I got job".split()
-
-
-def _records(n: int, seed: int = 0) -> list[dict]:
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        w = [WORDS[i] for i in torch.randint(len(WORDS), (12,), generator=gen).tolist()]
-        out.append(
-            {
-                "prompt": " ".join(w[:6]) + " TL;DR:",
-                "chosen": " " + " ".join(w[6:9]),
-                "rejected": " " + " ".join(w[9:12]),
-            }
-        )
-    return out
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -47,29 +31,11 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from qstar_lib.lm.models import train_tiny_tokenizer
-
-    texts = [r[k] for r in _records(50) for k in ("prompt", "chosen", "rejected")]
-    return train_tiny_tokenizer(texts, vocab_size=300)
+    return word_tokenizer()
 
 
-def _model(tokenizer, seed: int = 0, dtype: torch.dtype = torch.float32):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=128,
-        tie_word_embeddings=True,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config).to(dtype)
+_records = word_records
+_model = word_llama  # tied embeddings, float32 unless a test asks for float64
 
 
 def _params(model) -> torch.Tensor:
