@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import importlib.resources
 import json
+import math
 import random
 import string
 from collections.abc import Callable
@@ -63,6 +64,7 @@ class Slot:
     after: tuple[str, ...] = ()
     range: tuple[int, int] | None = None
     pool: str | None = None
+    step: int = 1
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,20 @@ class Family:
     summaries: tuple[Summary, ...]
     claims: tuple[tuple[str, str], ...]  # (inserted text, key phrase the judge looks for)
 
+    def claims_for(self, split: str) -> tuple[int, ...]:
+        """Indices of the claims a record of ``split`` may insert: claim ``i`` belongs to split ``i % 3``
+        (train, validation, test), so the three splits' inserted phrases are disjoint lists."""
+        k = CLAIM_SPLITS.index(split)
+        return tuple(i for i in range(len(self.claims)) if i % len(CLAIM_SPLITS) == k)
+
+    def heldout_posts(self) -> tuple[int, ...]:
+        """Post templates only the test split uses: the last :func:`heldout_count` of the list."""
+        return tuple(range(len(self.posts) - heldout_count(len(self.posts)), len(self.posts)))
+
+    def heldout_summaries(self) -> tuple[int, ...]:
+        """Summary templates only the test split uses: the last :func:`heldout_count` of the list."""
+        return tuple(range(len(self.summaries) - heldout_count(len(self.summaries)), len(self.summaries)))
+
     def swap_partners(self, slot: str) -> tuple[str, ...]:
         """Other slots of the same type and a different role cue: the values an in-post swap can put in
         this slot's place. Two ends of one range ("38k to 45k") share their cue, so swapping them would
@@ -101,6 +117,15 @@ class Family:
             for s, sl in self.slots.items()
             if s != slot and sl.type == me.type and (sl.cues, sl.after) != (me.cues, me.after)
         )
+
+
+CLAIM_SPLITS = ("train", "validation", "test")
+HELDOUT_SHARE = 0.3  # at least this share of each family's post and summary templates is test-only
+
+
+def heldout_count(n_templates: int) -> int:
+    """How many of ``n_templates`` the test split holds out: ceil(30%), and at least one kept for training."""
+    return min(n_templates - 1, math.ceil(HELDOUT_SHARE * n_templates - 1e-9))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -159,6 +184,8 @@ def _sample_camera(rng, style):
     old, new = rng.sample(CAMERAS, 2)
     budget = rng.randrange(400, 2001, 50)
     price = budget + rng.choice([-1, 1]) * rng.randrange(100, 451, 50)
+    if price < 250:  # v1 could write a negative price here; v2 prices the camera above the budget instead
+        price = budget + (budget - price)
     return dict(old_camera=old, new_camera=new, budget=budget, price=price, years=rng.randint(2, 9))
 
 
@@ -239,7 +266,27 @@ def _sample_travel(rng, style):
     )
 
 
-_SAMPLERS = {  # family -> its sampler; the order of this table is the order of FAMILIES
+def generic_sampler(slots: dict[str, Slot]) -> Callable[[random.Random, dict], dict]:
+    """The sampler of a family without one of its own: every slot drawn independently from its ``range``
+    (``randrange(low, high + 1, step)``) or ``pool``, redrawn until the values of one type are distinct.
+    A family file alone then makes a new family (data, not code)."""
+
+    def draw(rng: random.Random, style: dict) -> dict:
+        while True:
+            vals = {
+                s: rng.randrange(sl.range[0], sl.range[1] + 1, sl.step) if sl.pool is None else rng.choice(POOLS[sl.pool])
+                for s, sl in slots.items()
+            }
+            by_type: dict[str, list] = {}
+            for s, v in vals.items():
+                by_type.setdefault(slots[s].type, []).append(v)
+            if all(len(set(vs)) == len(vs) for vs in by_type.values()):
+                return vals
+
+    return draw
+
+
+_SAMPLERS = {  # family -> its own sampler (values that depend on each other); the rest use generic_sampler
     "job_offer": _sample_job,
     "car_trade": _sample_car,
     "relocation": _sample_move,
@@ -318,7 +365,7 @@ def _fields(template: str) -> set[str]:
 
 
 def _read_slot(f: _File, obj: Any, key: str) -> Slot:
-    f.keys(obj, key, ("type",), ("range", "pool", "cues", "after"))
+    f.keys(obj, key, ("type",), ("range", "pool", "cues", "after", "step"))
     t = obj["type"]
     if not isinstance(t, str) or t not in TYPES:
         f.fail(f"{key}.type", f"{t!r} is not a value type; choose from {', '.join(TYPES)}")
@@ -335,12 +382,16 @@ def _read_slot(f: _File, obj: Any, key: str) -> Slot:
         f.fail(f"{key}.pool", f"{pool!r} is not a vocabulary; choose from {', '.join(POOLS)}")
     if TYPES[t].kind == "number" and pool is not None:
         f.fail(f"{key}.pool", f"a {t} slot is a number and takes no pool")
+    step = obj.get("step", 1)
+    if "step" in obj and (type(step) is not int or step < 1 or TYPES[t].kind != "number"):
+        f.fail(f"{key}.step", f"expected a positive integer for a number slot, got {step!r}")
     return Slot(
         t,
         f.strings(obj.get("cues", []), f"{key}.cues", empty_ok=True),
         f.strings(obj.get("after", []), f"{key}.after", empty_ok=True),
         tuple(bounds) if bounds is not None else None,
         pool,
+        step,
     )
 
 
@@ -418,17 +469,19 @@ def read_family(name: str, raw: str | None = None) -> dict:
 
 
 def _read_all() -> dict[str, dict]:
+    """Every file of ``families/``: the families with a sampler of their own first (in that table's order),
+    then the others by name."""
     folder = importlib.resources.files("qstar_lib.data") / "families"
-    stray = sorted(p.name for p in folder.iterdir() if p.name.endswith(".json") and p.name[:-5] not in _SAMPLERS)
-    if stray:
-        raise FamilyFileError(f"families/{stray[0]}: no sampler for this family in {__name__}._SAMPLERS")
-    return {name: read_family(name) for name in _SAMPLERS}
+    files = sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))
+    names = list(_SAMPLERS) + [n for n in files if n not in _SAMPLERS]
+    return {name: read_family(name) for name in names}
 
 
 FAMILY_TEXTS: dict[str, dict] = _read_all()
 """family -> the checked contents of its file (subreddits, slots, titles, posts, summaries, claims)."""
 FAMILIES: dict[str, Family] = {
-    name: Family(name=name, sample=_SAMPLERS[name], **spec) for name, spec in FAMILY_TEXTS.items()
+    name: Family(name=name, sample=_SAMPLERS.get(name) or generic_sampler(spec["slots"]), **spec)
+    for name, spec in FAMILY_TEXTS.items()
 }
 CLAIM_KEYS: tuple[str, ...] = tuple(sorted({key for fam in FAMILIES.values() for _, key in fam.claims}))
 """Key phrases of every inserted claim; the judge counts one in a summary but not in the post as invented."""

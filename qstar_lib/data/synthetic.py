@@ -59,6 +59,9 @@ TWO_ERROR_COMBOS = (  # the Fig. 1 pattern first: a wrong value plus an invented
     ("in_post_swap", "absent_value"),
 )
 SPLITS = ("train", "validation", "test")
+DATA_VERSION = 2  # every record says which version of this generator wrote it (field ``version``)
+HELDOUT_FAMILIES = ("rent_increase", "travel_budget")  # whole families only the test split contains
+TEST_HELDOUT_FAMILY_SHARE = 0.5  # share of test records drawn from the held-out families
 
 PROMPT_TEMPLATE = "SUBREDDIT: r/{subreddit}\n\nTITLE: {title}\n\nPOST: {post}\n\nTL;DR:"
 
@@ -130,6 +133,8 @@ class _Choice:
     edits: list[tuple] = field(default_factory=list)  # ("absent", slot, raw) | ("swap", slot, other) | ("claim", i)
     pair_kind: str = "in_post_swap"
     fillers: tuple[int, ...] = ()
+    heldout_family: bool = False
+    heldout_template: bool = False
 
 
 def _post_fields(fam: Family, values: dict, style: dict) -> dict[str, str]:
@@ -160,11 +165,12 @@ def _build(ch: _Choice, idx: str, prompt: str, post_values: dict[str, str]) -> d
 
     errors: list[dict] = []
     if ch.pair_kind == "omission":
-        rejected, _ = _render(summ.omitted, fields)
+        rejected, spans = _render(summ.omitted, fields)
         errors = [dict(kind="omission", start=-1, end=-1, slot=s, true=true_text[s], planted="") for s in summ.omits]
     elif ch.pair_kind == "verbosity":
         filler = " ".join(FILLERS[i] for i in ch.fillers)
-        rejected = chosen + " " + filler
+        rejected, spans = _render(summ.text, fields)
+        rejected += " " + filler
         errors = [dict(kind="verbosity", start=-1, end=-1, slot="", true="", planted=filler)]
     else:
         planted: dict[str, tuple[str, str, str]] = {}  # field -> (kind, slot, planted text)
@@ -192,7 +198,12 @@ def _build(ch: _Choice, idx: str, prompt: str, post_values: dict[str, str]) -> d
             errors.append(dict(kind=kind, start=start, end=end, slot=slot, true=true, planted=text))
         errors.sort(key=lambda e: e["start"])
     n_loc = sum(e["kind"] in LOCALISED_KINDS for e in errors)
+    values = sorted(
+        (dict(slot=n, type=fam.slots[n].type, start=a + 1, end=b + 1) for n, (a, b) in spans.items() if n in fam.slots),
+        key=lambda v: v["start"],
+    )
     return {
+        "version": DATA_VERSION,
         "id": idx,
         "prompt": prompt,
         "chosen": " " + chosen,
@@ -206,6 +217,9 @@ def _build(ch: _Choice, idx: str, prompt: str, post_values: dict[str, str]) -> d
         "family": ch.family,
         "facts": facts,
         "post_values": post_values,
+        "rejected_values": values,
+        "heldout_family": ch.heldout_family,
+        "heldout_template": ch.heldout_template,
     }
 
 
@@ -227,31 +241,54 @@ def _absent_ok(fam: Family, slot: str, raw: Any, ch: _Choice, prompt: str, numbe
     return re.search(r"(?<![A-Za-z0-9])" + re.escape(text_key(new_s)) + r"(?![A-Za-z0-9])", prompt) is None
 
 
-def _plan_edit(kind: str, fam: Family, ch: _Choice, rng: random.Random, prompt: str, used: set[str]) -> tuple | None:
-    """One localised edit of ``kind`` on a slot of the summary not in ``used`` (None if impossible)."""
+def value_slots(fam: Family, summary: int) -> list[str]:
+    """The slots of a summary template that can carry a planted value: those whose type occurs at least
+    twice in the summary, so that "which of the summary's values of this type is wrong" is a question."""
+    slots = [n for n in _fields_of(fam.summaries[summary].text) if n in fam.slots]
+    types = [fam.slots[n].type for n in slots]
+    return [n for n, ty in zip(slots, types, strict=True) if types.count(ty) >= 2]
+
+
+def swap_candidates(fam: Family, ch: _Choice, slot: str) -> list[str]:
+    """Post slots whose value can replace ``slot``'s in the summary: same type, another role, a different
+    text, and **not already written in the summary** (v1 swapped in values the summary already had, so
+    the planted value read twice: a string rule found it without any model)."""
+    summ_slots = set(_fields_of(fam.summaries[ch.summary].text))
+    t = TYPES[fam.slots[slot].type]
+    true_s = t.summary(ch.values[slot], ch.style)
+    return [
+        o
+        for o in fam.swap_partners(slot)
+        if o not in summ_slots
+        and (o_s := t.summary(ch.values[o], ch.style)) != true_s
+        and _common_prefix(true_s, o_s) < len(o_s)
+    ]
+
+
+def _plan_edit(
+    kind: str, fam: Family, ch: _Choice, rng: random.Random, prompt: str, used: set[str], claims: Sequence[int]
+) -> tuple | None:
+    """One localised edit of ``kind`` on a value slot of the summary not in ``used`` (None if impossible).
+
+    Absent values are the same slot of a fresh draw of the family's sampler (the same distribution as the
+    slot's true values; v1 drew them from ranges no true value took), kept when not in the post."""
     summ = fam.summaries[ch.summary]
-    slots = [n for n in _fields_of(summ.text) if n in fam.slots and n not in used]
     if kind == "inserted_claim":
         if "{claim}" not in summ.text:
             return None
-        ok = [i for i, (_, key) in enumerate(fam.claims) if key.lower() not in prompt.lower()]
+        ok = [i for i in claims if fam.claims[i][1].lower() not in prompt.lower()]
         return ("claim", rng.choice(ok)) if ok else None
+    slots = [n for n in value_slots(fam, ch.summary) if n not in used]
     rng.shuffle(slots)
     for slot in slots:
-        t = TYPES[fam.slots[slot].type]
-        true_s = t.summary(ch.values[slot], ch.style)
         if kind == "in_post_swap":
-            others = [
-                o
-                for o in fam.swap_partners(slot)
-                if (o_s := t.summary(ch.values[o], ch.style)) != true_s and _common_prefix(true_s, o_s) < len(o_s)
-            ]
+            others = swap_candidates(fam, ch, slot)
             if others:
                 return ("swap", slot, rng.choice(others))
         else:
             numbers = _post_numbers(prompt)
-            for _ in range(20):
-                raw = t.absent(rng, ch.values[slot])
+            for _ in range(50):
+                raw = fam.sample(rng, ch.style)[slot]
                 if _absent_ok(fam, slot, raw, ch, prompt, numbers):
                     return ("absent", slot, raw)
     return None
@@ -282,6 +319,42 @@ def _split_of(prompt: str) -> int:
     return int.from_bytes(hashlib.blake2b(prompt.encode(), digest_size=8).digest(), "big") % len(SPLITS)
 
 
+def _family_lists(split: str, families: Sequence[str] | None) -> tuple[list[str], list[str]]:
+    """(families seen in training, held-out families) that ``split`` may draw from."""
+    names = list(families) if families is not None else list(FAMILIES)
+    unknown = [f for f in names if f not in FAMILIES]
+    if unknown:
+        raise ValueError(f"families: unknown {unknown}; choose from {', '.join(FAMILIES)}")
+    seen = [f for f in names if f not in HELDOUT_FAMILIES]
+    held = [f for f in names if f in HELDOUT_FAMILIES] if split == "test" else []
+    if not seen and not held:
+        raise ValueError(
+            f"families={names!r}: {', '.join(names)} are held out for the test split only "
+            f"(HELDOUT_FAMILIES); choose a family seen in training for split={split!r}"
+        )
+    return seen, held
+
+
+def _draw_choice(rng: random.Random, split: str, seen: list[str], held: list[str], pair_kind: str) -> _Choice:
+    """Family and templates of one record. Train and validation use only the templates the test split does
+    not hold out; the test split draws any template, and half its records come from held-out families."""
+    heldout_family = bool(held) and (not seen or rng.random() < TEST_HELDOUT_FAMILY_SHARE)
+    fam = FAMILIES[rng.choice(held if heldout_family else seen)]
+    style = draw_style(rng)
+    values = fam.sample(rng, style)
+    subreddit, title = rng.choice(fam.subreddits), rng.randrange(len(fam.titles))
+    if split == "test":
+        post, summary = rng.randrange(len(fam.posts)), rng.randrange(len(fam.summaries))
+    else:
+        post = rng.choice([i for i in range(len(fam.posts)) if i not in fam.heldout_posts()])
+        summary = rng.choice([i for i in range(len(fam.summaries)) if i not in fam.heldout_summaries()])
+    new_text = heldout_family or post in fam.heldout_posts() or summary in fam.heldout_summaries()
+    return _Choice(
+        fam.name, values, style, subreddit, title, post, summary, pair_kind=pair_kind,
+        heldout_family=heldout_family, heldout_template=new_text,
+    )  # fmt: skip
+
+
 def generate(
     n: int,
     seed: int = 0,
@@ -294,11 +367,8 @@ def generate(
         raise ValueError(f"split={split!r}: choose one of {', '.join(SPLITS)}")
     if n < 0:
         raise ValueError(f"n={n} must be >= 0")
-    fam_names = list(families) if families is not None else list(FAMILIES)
-    unknown = [f for f in fam_names if f not in FAMILIES]
-    if unknown:
-        raise ValueError(f"families: unknown {unknown}; choose from {', '.join(FAMILIES)}")
-    rng = random.Random(f"qstar-tldr-{seed}-{split}")
+    seen_fams, held_fams = _family_lists(split, families)
+    rng = random.Random(f"qstar-tldr-v{DATA_VERSION}-{seed}-{split}")
     plan = _mix_counts(n, _resolve_kinds(kinds))
     rng.shuffle(plan)
     want, seen, records = SPLITS.index(split), set(), []
@@ -311,28 +381,19 @@ def generate(
                 f"kinds={kinds!r}, families={families!r} cannot be satisfied"
             )
         pair_kind = plan[len(records)]
-        fam = FAMILIES[rng.choice(fam_names)]
-        style = draw_style(rng)
-        ch = _Choice(
-            fam.name,
-            fam.sample(rng, style),
-            style,
-            rng.choice(fam.subreddits),
-            rng.randrange(len(fam.titles)),
-            rng.randrange(len(fam.posts)),
-            rng.randrange(len(fam.summaries)),
-            pair_kind=pair_kind,
-        )
+        ch = _draw_choice(rng, split, seen_fams, held_fams, pair_kind)
+        fam = FAMILIES[ch.family]
         prompt, post_values = _prompt(fam, ch)
-        if _split_of(prompt) != want or prompt in seen:
-            continue
+        if prompt in seen or (not ch.heldout_template and _split_of(prompt) != want):
+            continue  # a text seen in training belongs to one split only, fixed by its hash
         if pair_kind == "verbosity":
             ch.fillers = tuple(rng.sample(range(len(FILLERS)), 2))
         elif pair_kind != "omission":
             combo = rng.choice(TWO_ERROR_COMBOS) if pair_kind == "two_errors" else (pair_kind,)
+            claims = range(len(fam.claims)) if ch.heldout_family else fam.claims_for(split)
             used: set[str] = set()
             for kind in combo:
-                edit = _plan_edit(kind, fam, ch, rng, prompt, used)
+                edit = _plan_edit(kind, fam, ch, rng, prompt, used, claims)
                 if edit is None:
                     break
                 ch.edits.append(edit)

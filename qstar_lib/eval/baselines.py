@@ -19,14 +19,26 @@ __all__ = [
     "DEFAULT_METHODS",
     "base_surprisal",
     "credit_scores",
+    "log_ratio",
     "random_scores",
     "sft_surprisal",
     "surprisal_scores",
     "uniform_share",
 ]
 
-#: Row order of :func:`qstar_lib.eval.credit_table.credit_table`: the DPO implicit reward and its four baselines.
-DEFAULT_METHODS = ("dpo_reward", "sft_surprisal", "base_surprisal", "random", "uniform_share")
+#: Row order of :func:`qstar_lib.eval.credit_table.credit_table`: the DPO implicit reward, the log-ratio controls
+#: (:func:`log_ratio`: two models' per-token log-probs subtracted, the DPO reward's own form), the surprisal
+#: baselines and the chance rows; the no-model rows of :mod:`qstar_lib.eval.shortcuts` follow when given.
+DEFAULT_METHODS = (
+    "dpo_reward",
+    "sft_minus_base",
+    "continued_sft",
+    "shuffled_dpo",
+    "sft_surprisal",
+    "base_surprisal",
+    "random",
+    "uniform_share",
+)
 
 
 def _per_token(rows: Sequence, key: str) -> list[np.ndarray]:
@@ -121,20 +133,45 @@ def uniform_share(rewards: Sequence, side: str = "rejected") -> list[np.ndarray]
     return [np.full(len(r), r.sum() / len(r)) if len(r) else r for r in _per_token(rewards, f"{side}_rewards")]
 
 
+def log_ratio(policy_rows: Sequence[Mapping], reference_rows: Sequence[Mapping], side: str = "rejected"):
+    """A control of the DPO reward's own form: ``log pi_a - log pi_b`` per token, from two models'
+    :func:`qstar_lib.lm.logps.pair_logps` rows on the same records (lower = more suspicious).
+
+    With the SFT model against the base model it asks whether *any* fine-tuning on the chosen summaries
+    already moves the planted tokens (no preference was ever seen); with a continued-SFT model or a DPO run on
+    shuffled labels against the SFT model, whether more steps of the same size do, without the preference
+    signal. The DPO reward must beat these, not only absolute surprisal, to show that preferences taught
+    credit assignment. (The DPO reward is ``beta`` times such a ratio; AUROC does not see the factor.)"""
+    a, b = _per_token(policy_rows, f"{side}_per_token_logps"), _per_token(reference_rows, f"{side}_per_token_logps")
+    if len(a) != len(b):
+        raise ValueError(f"log_ratio: {len(a)} policy rows but {len(b)} reference rows")
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x.shape != y.shape:
+            raise ValueError(f"log_ratio: row {i} has {x.shape[0]} policy and {y.shape[0]} reference tokens")
+    return [x - y for x, y in zip(a, b)]
+
+
 def credit_scores(
     scored: Sequence[Mapping],
     *,
     sft_logps: Sequence[Mapping] | None = None,
     base_logps: Sequence[Mapping] | None = None,
+    controls: Mapping[str, Sequence[Mapping]] | None = None,
     seed: int = 0,
 ) -> dict[str, list[np.ndarray]]:
     """The per-token scores of every method for the rejected completions (lower = more suspicious).
 
     ``scored``: :func:`qstar_lib.lm.logps.score_pairs` rows (``dpo_reward`` and ``uniform_share`` come from
     ``rejected_rewards``); ``sft_logps`` / ``base_logps``: :func:`qstar_lib.lm.logps.pair_logps` rows of the
-    SFT and base models (those methods are left out when not given); ``random`` uses ``seed``.
+    SFT and base models (those methods, and ``sft_minus_base`` when both are given, are left out otherwise);
+    ``controls``: name -> score_pairs rows of another policy against the same reference (``continued_sft``,
+    ``shuffled_dpo``), read like the DPO reward; ``random`` uses ``seed``.
     """
     methods = {"dpo_reward": _per_token(scored, "rejected_rewards")}
+    if sft_logps is not None and base_logps is not None:
+        methods["sft_minus_base"] = log_ratio(sft_logps, base_logps)
+    for name, rows in (controls or {}).items():
+        methods[name] = _per_token(rows, "rejected_rewards")
     if sft_logps is not None:
         methods["sft_surprisal"] = sft_surprisal(sft_logps)
     if base_logps is not None:

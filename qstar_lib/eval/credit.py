@@ -44,6 +44,7 @@ __all__ = [
     "auroc",
     "error_token_auroc",
     "pair_accuracy",
+    "per_record_auroc",
     "stitching_rate",
     "top1_localisation",
     "where_is_the_minimum",
@@ -175,6 +176,34 @@ def error_token_auroc(
         pairs = _pairs(records_scores, labels, need_error=True, need_clean=True)
         return float(np.mean([auroc(-s[lab], -s[~lab]) for s, lab in pairs]))
     raise ValueError(f"average must be 'pooled' or 'per_record', got {average!r}")
+
+
+def per_record_auroc(
+    records_scores: Sequence[Sequence[float]],
+    labels: Sequence[Sequence[int]],
+    candidates: Sequence[Sequence[int]] | None = None,
+) -> np.ndarray:
+    """The AUROC inside each record, error tokens against the record's *other candidate* tokens: (N,) floats.
+
+    ``candidates[i]`` (0/1 per token, default every token) says which tokens a localiser chooses among;
+    :func:`qstar_lib.lm.collate.planted_labels` gives, for a wrong value, the tokens of the summary's values of
+    the same type (letters and digits only), so the question is "which of these values is wrong" and
+    "numbers are suspicious" scores 0.5. Positives are the labelled candidates, negatives the unlabelled
+    ones; NaN for a record with no positive or no negative (average with ``np.nanmean``). Lower score = more
+    suspicious, as everywhere in this module.
+    """
+    pairs = _pairs(records_scores, labels)
+    if candidates is not None and len(candidates) != len(pairs):
+        raise ValueError(f"candidates has {len(candidates)} records but labels has {len(pairs)}")
+    out = np.full(len(pairs), np.nan)
+    for i, (s, lab) in enumerate(pairs):
+        cand = np.ones_like(lab) if candidates is None else _labels(candidates[i], f"record {i}: candidates")
+        if len(cand) != len(lab):
+            raise ValueError(f"record {i}: candidates has {len(cand)} tokens, labels {len(lab)}")
+        pos, neg = cand & lab, cand & ~lab
+        if pos.any() and neg.any():
+            out[i] = auroc(-s[pos], -s[neg])
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------

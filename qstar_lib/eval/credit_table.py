@@ -25,6 +25,7 @@ from qstar_lib.eval.credit import (
     _pairs,
     error_token_auroc,
     pair_accuracy,
+    per_record_auroc,
     stitching_rate,
     top1_localisation,
     where_is_the_minimum,
@@ -103,6 +104,9 @@ def credit_targets(scored: Sequence[Mapping]) -> list[dict]:
             )
         union = np.asarray(row["rejected_labels"], dtype=np.int8)
         per_error = [np.asarray(lab, dtype=np.int8) for lab in row["rejected_error_labels"]]
+        everything = np.ones_like(union)
+        cands = [np.asarray(c, dtype=np.int8) for c in row.get("rejected_candidates", [everything] * len(per_error))]
+        firsts = [np.asarray(c, dtype=np.int8) for c in row.get("rejected_first_labels", per_error)]
         out.append(
             {
                 "id": row.get("id", i),
@@ -111,12 +115,30 @@ def credit_targets(scored: Sequence[Mapping]) -> list[dict]:
                 "labels": union,
                 "error_labels": per_error,
                 "error_kinds": [e["kind"] for e in row["rejected_errors"]],
+                "candidates": np.logical_or.reduce(cands).astype(np.int8) if cands else everything,
+                "first": np.logical_or.reduce(firsts).astype(np.int8) if firsts else union,
+                "heldout_family": bool(row.get("heldout_family", False)),
+                "heldout_template": bool(row.get("heldout_template", False)),
             }
         )
     return out
 
 
-def _group(targets: Sequence[dict], kind: str) -> list[int]:
+def _mean_ci(values: np.ndarray, n_boot: int, seed: int) -> tuple[float, float, float]:
+    """Mean of the defined entries of ``values`` and its percentile-bootstrap interval over records."""
+    v = values[~np.isnan(values)]
+    if not v.size:
+        return math.nan, math.nan, math.nan
+    if not n_boot:
+        return float(v.mean()), math.nan, math.nan
+    lo, hi = percentile_interval(v[resample_indices(v.size, n_boot, seed)].mean(axis=1), 0.95)
+    return float(v.mean()), lo, hi
+
+
+def _group(targets: Sequence[dict], kind: str, subset: str | None = None) -> list[int]:
+    if subset is not None:  # only the records that hold out a family / a template (flags of data v2)
+        keep = [i for i, t in enumerate(targets) if t[subset]]
+        return [keep[j] for j in _group([targets[i] for i in keep], kind)]
     if kind == "all":
         return [i for i, t in enumerate(targets) if t["labels"].any()]
     if kind == "two_errors":
@@ -125,30 +147,42 @@ def _group(targets: Sequence[dict], kind: str) -> list[int]:
 
 
 def _cell(
-    kind: str, sc: list, cell_targets: list[dict], pairs: tuple[list, list] | None, n_boot: int, seed: int
-) -> dict:
+    kind: str,
+    sc: list,
+    cell_targets: list[dict],
+    pairs: tuple[list, list] | None,
+    n_boot: int,
+    seed: int,
+    reference: np.ndarray | None = None,
+) -> tuple[dict, np.ndarray]:
     """One method's metrics on one column group: ``sc`` are its scores of the group's records, ``cell_targets``
-    their targets, ``pairs`` their (chosen, rejected) sequence scores or None. NaN where not computed."""
+    their targets, ``pairs`` their (chosen, rejected) sequence scores or None, ``reference`` the reference
+    method's per-record AUROCs on the same records (for the paired difference). NaN where not computed.
+    Returns the cell and this method's per-record AUROCs."""
     labs = [t["labels"] for t in cell_targets]
-    metrics = ["n", "n_err_tokens", "auroc", "auroc_rec", "top1", "pair_acc"]
+    metrics = ["n", "n_err_tokens", "auroc_rec", "auroc_rec_lo", "auroc_rec_hi", "auroc_first", "auroc"]
+    metrics += ["top1", "top1_chance", "pair_acc", "delta_rec", "delta_rec_lo", "delta_rec_hi"]
     if kind == "two_errors":
-        metrics += ["stitching", "stitching_k2", "stitching_top5"]
+        metrics += ["stitching", "stitching_chance", "stitching_k2", "stitching_top5"]
     if n_boot:
         metrics += ["auroc_lo", "auroc_hi", "top1_lo", "top1_hi"]
     cell = dict.fromkeys(metrics, math.nan)
     cell["n"], cell["n_err_tokens"] = len(labs), int(sum(int(lab.sum()) for lab in labs))
     if not labs:
-        return cell
+        return cell, np.zeros(0)
+    cands = [t["candidates"] for t in cell_targets]
+    rec = per_record_auroc(sc, labs, cands)  # (R,) NaN where a record has no clean candidate
+    cell["auroc_rec"], cell["auroc_rec_lo"], cell["auroc_rec_hi"] = _mean_ci(rec, n_boot, seed)
+    cell["auroc_first"] = float(np.nanmean(per_record_auroc(sc, [t["first"] for t in cell_targets], cands)))
     cell["auroc"] = error_token_auroc(sc, labs)
-    has_clean = [j for j, lab in enumerate(labs) if not lab.all()]
-    if has_clean:
-        cell["auroc_rec"] = error_token_auroc(
-            [sc[j] for j in has_clean], [labs[j] for j in has_clean], average="per_record"
-        )
     cell["top1"] = top1_localisation(sc, labs)
+    cell["top1_chance"] = float(np.mean([lab.mean() for lab in labs]))  # a constant score's top-1
+    if reference is not None:
+        cell["delta_rec"], cell["delta_rec_lo"], cell["delta_rec_hi"] = _mean_ci(reference - rec, n_boot, seed)
     if kind == "two_errors":
         errs = [t["error_labels"] for t in cell_targets]
         cell["stitching"] = stitching_rate(sc, errs)
+        cell["stitching_chance"] = stitching_rate([np.zeros(len(lab)) for lab in labs], errs)
         cell["stitching_k2"] = stitching_rate(sc, errs, k=2)
         cell["stitching_top5"] = stitching_rate(sc, errs, k=5)
     if pairs is not None:
@@ -156,7 +190,7 @@ def _cell(
     if n_boot:
         a, t = _fast_bootstrap(_pairs(sc, labs, need_error=True), n_boot, seed)
         cell.update(auroc_lo=a.lo, auroc_hi=a.hi, top1_lo=t.lo, top1_hi=t.hi)
-    return cell
+    return cell, rec
 
 
 def credit_table(
@@ -167,6 +201,8 @@ def credit_table(
     kinds: Sequence[str] = TABLE_KINDS,
     n_boot: int = 0,
     seed: int = 0,
+    reference: str | None = "dpo_reward",
+    subset: str | None = None,
 ):
     """One row per method, one column group per error kind: how well each score finds the planted errors.
 
@@ -180,13 +216,21 @@ def credit_table(
             column (e.g. ``dpo_reward``: the score_pairs ``chosen_reward``/``rejected_reward``); NaN elsewhere.
         kinds: column groups. A single-error kind holds the one-error records whose error has that kind;
             ``two_errors`` the records with two errors; ``all`` every record with a labelled token.
-        n_boot: when > 0, add ``auroc_lo/auroc_hi/top1_lo/top1_hi``: 95% percentile bootstrap over records,
-            the same numbers as :func:`qstar_lib.stats.bootstrap_ci` with this ``seed``, in one matrix product.
+        n_boot: when > 0, 95% percentile-bootstrap intervals over records: ``auroc_rec_lo/hi``,
+            ``delta_rec_lo/hi`` (paired: the same resampled records for both methods) and
+            ``auroc_lo/auroc_hi/top1_lo/top1_hi`` (the same numbers as :func:`qstar_lib.stats.bootstrap_ci`
+            with this ``seed``, in one matrix product).
+        reference: the method the ``delta_rec`` columns compare with (None: no differences).
+        subset: ``"heldout_family"`` or ``"heldout_template"``: only the records with that flag (data v2).
 
     Returns a ``pandas.DataFrame`` (index ``method``; columns a MultiIndex ``(kind, metric)``) with metrics
-    ``n`` (records in the cell), ``n_err_tokens``, ``auroc`` (pooled :func:`error_token_auroc`),
-    ``auroc_rec`` (its per-record mean), ``top1`` (:func:`top1_localisation`), ``pair_acc``
-    (:func:`pair_accuracy`), and under ``two_errors`` also ``stitching`` (k = labelled tokens),
+    ``n`` (records in the cell), ``n_err_tokens``, ``auroc_rec`` (the headline: the mean over records of the
+    AUROC inside each record among its candidate tokens, :func:`qstar_lib.eval.credit.per_record_auroc`;
+    chance 0.5), ``auroc_first`` (the same with only each error's first differing token as positive),
+    ``auroc`` (pooled over all tokens of all records, :func:`error_token_auroc`; it also rewards scoring a
+    whole summary low), ``top1`` (:func:`top1_localisation`) and ``top1_chance`` (a constant score's),
+    ``pair_acc`` (:func:`pair_accuracy`), ``delta_rec`` (reference minus this method, per record, averaged),
+    and under ``two_errors`` also ``stitching`` (k = labelled tokens) with ``stitching_chance``,
     ``stitching_k2`` and ``stitching_top5``. A cell with no records is NaN with n = 0. Records with no
     labelled token (omission/verbosity pairs) have no token metric; they are left out with a warning.
     """
@@ -209,15 +253,21 @@ def credit_table(
             stacklevel=2,
         )
     order = [m for m in DEFAULT_METHODS if m in methods] + [m for m in methods if m not in DEFAULT_METHODS]
+    if reference is not None and reference not in methods:
+        raise ValueError(f"reference={reference!r} is not one of the methods {list(methods)}")
+    order = ([reference] if reference else []) + [m for m in order if m != reference]
     rows: dict[str, dict] = {m: {} for m in order}
     for kind in kinds:
-        idx = _group(targets, kind)
+        idx = _group(targets, kind, subset)
+        ref_rec = None
         for m in order:
             pairs = None
             if pair_scores and m in pair_scores:
                 c, r = pair_scores[m]
                 pairs = ([c[i] for i in idx], [r[i] for i in idx])
-            cell = _cell(kind, [methods[m][i] for i in idx], [targets[i] for i in idx], pairs, n_boot, seed)
+            sc, tg = [methods[m][i] for i in idx], [targets[i] for i in idx]
+            cell, rec = _cell(kind, sc, tg, pairs, n_boot, seed, None if m == reference else ref_rec)
+            ref_rec = rec if m == reference else ref_rec
             rows[m].update({(kind, k): v for k, v in cell.items()})
     df = pd.DataFrame.from_dict(rows, orient="index")
     df.columns = pd.MultiIndex.from_tuples(df.columns, names=["kind", "metric"])
@@ -254,20 +304,31 @@ def credit_report(
     *,
     sft_logps: Sequence[Mapping] | None = None,
     base_logps: Sequence[Mapping] | None = None,
+    controls: Mapping[str, Sequence[Mapping]] | None = None,
+    extra: Mapping[str, Sequence[Sequence[float]]] | None = None,
     seed: int = 0,
     n_boot: int = 0,
     kinds: Sequence[str] = TABLE_KINDS,
+    subset: str | None = None,
 ):
     """:func:`credit_table` straight from score_pairs rows (they carry their token labels) and pair_logps rows.
 
-    ``pair_acc`` is filled for ``dpo_reward`` (chosen vs rejected sequence reward) and, when their log-probs
-    are given, for the surprisal baselines (chosen vs rejected sequence log-prob: does the model merely
+    ``controls`` (score_pairs rows of the control policies, see :func:`qstar_lib.eval.baselines.credit_scores`)
+    and ``extra`` (name -> per-token scores, e.g. :func:`qstar_lib.eval.shortcuts.shortcut_scores`) add rows.
+    ``pair_acc`` is filled for ``dpo_reward`` and the controls (chosen vs rejected sequence reward) and, when
+    their log-probs are given, for the surprisal baselines (chosen vs rejected sequence log-prob: does the model merely
     find the rejected summary less likely?).
     """
     targets = credit_targets(scored)
-    methods = credit_scores(scored, sft_logps=sft_logps, base_logps=base_logps, seed=seed)
-    pair_scores = {"dpo_reward": ([r["chosen_reward"] for r in scored], [r["rejected_reward"] for r in scored])}
+    methods = credit_scores(scored, sft_logps=sft_logps, base_logps=base_logps, controls=controls, seed=seed)
+    methods.update(extra or {})
+    pair_scores = {
+        name: ([r["chosen_reward"] for r in rows], [r["rejected_reward"] for r in rows])
+        for name, rows in {"dpo_reward": scored, **(controls or {})}.items()
+    }
     for name, rows in (("sft_surprisal", sft_logps), ("base_surprisal", base_logps)):
         if rows is not None:
             pair_scores[name] = ([r["chosen_logps"] for r in rows], [r["rejected_logps"] for r in rows])
-    return credit_table(methods, targets, pair_scores=pair_scores, kinds=kinds, n_boot=n_boot, seed=seed)
+    return credit_table(
+        methods, targets, pair_scores=pair_scores, kinds=kinds, n_boot=n_boot, seed=seed, subset=subset
+    )

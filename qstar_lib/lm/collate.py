@@ -111,8 +111,10 @@ def planted_labels(record: Mapping, tokenizer) -> dict:
     ``tokenizer(rejected, add_special_tokens=False)``, is labelled when it shows part of a *localised* error
     span (:data:`qstar_lib.data.LOCALISED_KINDS`, ``start >= 0``; see :func:`qstar_lib.data.token_labels`).
     Returns ``rejected_labels`` (list[int], the union of the spans, one per completion token, no EOS),
-    ``rejected_error_labels`` (one such list per localised error, in span order), ``rejected_errors`` (those
-    errors, in the same order), and the record's ``id`` and ``kind`` when it has them. The labels cover the
+    ``rejected_error_labels`` (one such list per localised error, in span order), ``rejected_first_labels``
+    (per error, the token of its first differing character: the digits after it are predictable once it is
+    written), ``rejected_candidates`` (per error, the tokens a localiser chooses among, see
+    :func:`_candidates`), ``rejected_errors`` (those errors, in the same order), and the record's ``id`` and ``kind`` when it has them. The labels cover the
     whole completion: a reader whose scores stop early (a completion cut by ``max_length``) raises
     (:func:`qstar_lib.eval.credit.align_scores`) instead of losing error tokens.
     """
@@ -124,11 +126,31 @@ def planted_labels(record: Mapping, tokenizer) -> dict:
         (e for e in record["errors"] if e["kind"] in LOCALISED_KINDS and e["start"] >= 0), key=lambda e: e["start"]
     )
     rejected = record["rejected"]
-    out = {k: record[k] for k in ("id", "kind") if k in record}
+    out = {k: record[k] for k in ("id", "kind", "heldout_family", "heldout_template") if k in record}
     out["rejected_labels"] = token_labels(rejected, errors, tokenizer)
     out["rejected_error_labels"] = [token_labels(rejected, [e], tokenizer) for e in errors]
+    out["rejected_first_labels"] = [token_labels(rejected, [(e["start"], e["start"] + 1)], tokenizer) for e in errors]
+    out["rejected_candidates"] = [_candidates(record, e, tokenizer) for e in errors]
     out["rejected_errors"] = [dict(e) for e in errors]
     return out
+
+
+def _candidates(record: Mapping, error: Mapping, tokenizer) -> list[int]:
+    """The tokens a localiser must choose among for one error: 1 for each token of the rejected completion
+    that is a candidate. For a wrong *value* (swap, absent value) of a record that lists its summary's values
+    (``rejected_values``, data v2), the tokens of every value of the same type; the question is then "which
+    of this summary's salaries is wrong", and a rule "numbers are suspicious" scores chance. For an inserted
+    claim, or a record without value spans, every token."""
+    from qstar_lib.data import token_labels
+
+    text, values = record["rejected"], record.get("rejected_values")
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    if not values or error["kind"] == "inserted_claim":
+        return [1] * len(offsets)
+    own = [v for v in values if v["slot"] == error["slot"]]
+    same = token_labels(text, [v for v in values if own and v["type"] == own[0]["type"]], tokenizer)
+    # a value's "$" or "," cannot be the planted error (every value of the type has one): letters and digits only
+    return [int(c and any(ch.isalnum() for ch in text[a:b])) for c, (a, b) in zip(same, offsets, strict=True)]
 
 
 def _warn_truncations(encoded: Sequence[dict], what: str, max_length: int) -> None:
