@@ -1,19 +1,21 @@
-"""The book's experiment pipeline: SFT, then DPO from the SFT model and DPO from the base model, cached.
+"""The book's experiment pipeline: SFT, DPO from the SFT model and from the base model, and two controls, cached.
 
 Several chapters need the same trained models (credit assignment, search, the falling rewards of Sec. 5.4).
 This module trains them once per scale and hands them out:
 
-- :class:`ExperimentPreset` holds every size of a run; :func:`preset` picks it for the active scale.
-- :func:`base_model`, :func:`sft_model`, :func:`dpo_model` (final or any saved step),
-  :func:`reference_for`, :func:`history`, :func:`dpo_checkpoint_steps`, :func:`train_records`,
-  :func:`eval_records` are getters: each one trains what is missing and otherwise loads from the cache.
+- :class:`qstar_lib.presets.ExperimentPreset` holds every size of a run; :func:`qstar_lib.presets.preset`
+  picks it for the active scale (both re-exported here).
+- :func:`base_model`, :func:`sft_model`, :func:`dpo_model`, :func:`control_model`, :func:`stage_model`
+  (final or any saved step), :func:`reference_for`, :func:`history`, :func:`checkpoint_steps`,
+  :func:`train_records`, :func:`validation_records`, :func:`eval_records` are getters: each one trains what
+  is missing and otherwise loads from the cache.
 - :func:`ensure_all` trains everything for a scale (``python -c "from qstar_lib import experiments;
   experiments.ensure_all()"``).
 - Measurements on the trained models live beside the code they use (eq. 16 per state:
   :func:`qstar_lib.lm.logps.eq16_per_state`).
 
-Cache layout: ``scale.cache_dir()/experiments/<stage>-<hash>/`` with ``stage`` in ``sft``, ``dpo_sft``,
-``dpo_base`` and ``hash`` a digest of the preset's fields and :data:`PIPELINE_VERSION` (bump it when the
+Cache layout: ``scale.cache_dir()/experiments/<stage>-<hash>/`` with ``stage`` one of :data:`STAGES` and
+``hash`` a digest of the preset's fields and :data:`qstar_lib.presets.PIPELINE_VERSION` (bump it when the
 training code changes what a run produces). A stage folder holds the ``checkpoint-{step}/`` folders of
 :mod:`qstar_lib.lm.train` (Hugging Face format, safetensors), ``history.json``, ``run.json`` (wall-clock time,
 sizes) and the ``COMPLETE`` marker of :mod:`qstar_lib.cache`, the one cache protocol of the library: a stage is
@@ -26,118 +28,30 @@ It knows nothing about what the chapters measure on the models it returns.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import platform
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
-from qstar_lib import __version__, scale
+from qstar_lib import scale
 from qstar_lib.cache import COMPLETE, cached_folder, is_complete
+from qstar_lib.presets import PIPELINE_VERSION, ExperimentPreset, preset  # noqa: F401 (re-exported)
 
-#: Bump when the pipeline (or the training code it calls) changes what a cached run contains.
-#: 2: stages are built through :func:`qstar_lib.cache.cached_folder` (``COMPLETE`` marker, not ``done``).
-PIPELINE_VERSION = 2
-STAGES = ("sft", "dpo_sft", "dpo_base")
+STAGES = ("sft", "dpo_sft", "dpo_base", "sft_continued", "dpo_shuffled")
+#: The control runs of the credit chapter (method name -> stage): log-ratios of the DPO reward's form that saw
+#: no preference. ``sft_continued``: the SFT model trained further on the chosen summaries of the DPO pairs,
+#: as many steps of as many sequences as DPO ran; ``dpo_shuffled``: DPO from SFT on the same pairs with the
+#: preference of a seeded random half of them reversed (labels that carry no information).
+CONTROL_STAGES = {"continued_sft": "sft_continued", "shuffled_dpo": "dpo_shuffled"}
 DONE = COMPLETE  # the marker of a finished stage folder
 HISTORY = "history.json"
 RUN_INFO = "run.json"
 
 #: How many times each stage was trained in this process (tests use it to prove a cache hit).
 TRAIN_COUNTS: Counter = Counter()
-
-
-@dataclass(frozen=True)
-class ExperimentPreset:
-    """Every size of one pipeline run (SFT -> DPO from SFT, and DPO from the base model)."""
-
-    model_name: str  # a qstar_lib.lm.models.load_model name: "tiny", "smollm2-135m", a folder or hub id
-    n_train_pairs: int  # synthetic_tldr(split="train"): SFT on their chosen side, DPO on the pairs
-    n_eval_pairs: int  # synthetic_tldr(split="test"): held out from every training run
-    sft_steps: int
-    sft_batch_size: int
-    sft_lr: float  # AdamW
-    dpo_steps: int
-    dpo_batch_size: int  # pairs per step
-    dpo_lr: float  # AdamW
-    beta: float
-    max_length: int  # prompt + completion tokens
-    save_steps: int  # DPO checkpoint every this many steps (and at the end)
-    seed: int
-
-    def key(self) -> str:
-        """A short digest of the fields and the pipeline version: the cache folder's suffix."""
-        payload = json.dumps(
-            {**dataclasses.asdict(self), "pipeline": PIPELINE_VERSION, "qstar_lib": __version__}, sort_keys=True
-        )
-        return hashlib.sha256(payload.encode()).hexdigest()[:12]
-
-
-def preset(scale_name: str | None = None) -> ExperimentPreset:
-    """The preset of ``scale_name`` (default: the active scale).
-
-    - ``ci``: the random tiny model on 32 pairs, 10 steps per run; the three runs take seconds on 2 cores.
-    - ``cpu``: SmolLM2-135M-Instruct, sized from step costs measured on 2 cores (Xeon @ 2.5 GHz, about
-      160 GFLOP/s fp32 matmul): 13 s per SFT step of 8 sequences (~210 tokens each), 9.5 s per DPO step of
-      4 pairs (shared prompt, ~260 tokens a pair), 0.6 s per pair for the reference log-probs. 20 SFT steps
-      (one epoch of the 160 chosen summaries, lr 2e-5), then two DPO runs of 32 steps of 4 pairs (128 pairs,
-      each seen once, lr 1e-5) with a checkpoint every 4 steps (8 points for the credit-vs-steps curves):
-      about 260 s + 2 x 380 s, under the 20 minutes the chapters promise. A prototype on this model found
-      localisation sharpening within ~20-25 DPO steps of 8 pairs at lr 5e-6 to 1e-5 and fading afterwards.
-    - ``gpu``: the same model on ten times the data and steps.
-    """
-    return scale.pick(
-        ci=ExperimentPreset(
-            model_name="tiny",
-            n_train_pairs=32,
-            n_eval_pairs=16,
-            sft_steps=10,
-            sft_batch_size=4,
-            sft_lr=2e-3,
-            dpo_steps=10,
-            dpo_batch_size=4,
-            dpo_lr=1e-3,
-            beta=0.1,
-            max_length=384,
-            save_steps=2,
-            seed=0,
-        ),
-        cpu=ExperimentPreset(
-            model_name="smollm2-135m",
-            n_train_pairs=160,
-            n_eval_pairs=64,
-            sft_steps=20,
-            sft_batch_size=8,
-            sft_lr=2e-5,
-            dpo_steps=32,
-            dpo_batch_size=4,
-            dpo_lr=1e-5,
-            beta=0.1,
-            max_length=384,
-            save_steps=4,
-            seed=0,
-        ),
-        gpu=ExperimentPreset(
-            model_name="smollm2-135m",
-            n_train_pairs=4096,
-            n_eval_pairs=512,
-            sft_steps=600,
-            sft_batch_size=16,
-            sft_lr=1e-5,
-            dpo_steps=256,
-            dpo_batch_size=16,
-            dpo_lr=5e-6,
-            beta=0.1,
-            max_length=512,
-            save_steps=16,
-            seed=0,
-        ),
-        scale=scale_name,
-    )
 
 
 def _p(p: ExperimentPreset | None) -> ExperimentPreset:
@@ -153,6 +67,30 @@ def train_records(p: ExperimentPreset | None = None) -> list[dict]:
 
     p = _p(p)
     return validate_records(synthetic_tldr(p.n_train_pairs, seed=p.seed, split="train"))
+
+
+def validation_records(p: ExperimentPreset | None = None) -> list[dict]:
+    """Pairs of the ``validation`` split (new values, the training families and templates): where a chapter
+    chooses a checkpoint, so that the test pairs it reports on never choose anything."""
+    from qstar_lib.data import synthetic_tldr, validate_records
+
+    p = _p(p)
+    return validate_records(synthetic_tldr(p.n_eval_pairs, seed=p.seed, split="validation"))
+
+
+def shuffled_records(records: list[dict], seed: int) -> list[dict]:
+    """The DPO pairs with the preference of a seeded random half reversed (``dpo_shuffled``'s data): the same
+    texts, labels independent of which summary is right. Planted-error fields are dropped (they described
+    the original rejected side)."""
+    import random
+
+    rng = random.Random(f"qstar-shuffled-{seed}")
+    flip = set(rng.sample(range(len(records)), len(records) // 2))
+    out = []
+    for i, r in enumerate(records):
+        chosen, rejected = (r["rejected"], r["chosen"]) if i in flip else (r["chosen"], r["rejected"])
+        out.append({"id": r["id"], "prompt": r["prompt"], "chosen": chosen, "rejected": rejected})
+    return out
 
 
 def eval_records(p: ExperimentPreset | None = None) -> list[dict]:
@@ -275,6 +213,7 @@ def _build(stage: str, p: ExperimentPreset, tmp: Path, folder: Path) -> None:
         "stage": stage,
         "seconds": seconds,
         "steps": p.sft_steps if stage == "sft" else p.dpo_steps,
+        "pairs_per_step": p.dpo_batch_size,
         "preset": dataclasses.asdict(p),
         "scale": scale.active_scale(),
         "device": scale.device(),
@@ -293,7 +232,7 @@ def _ensure(stage: str, p: ExperimentPreset) -> Path:
     folder = stage_dir(stage, p)
     if is_complete(folder):
         return folder
-    if stage == "dpo_sft":
+    if stage != "sft" and stage != "dpo_base":
         _ensure("sft", p)  # before taking this stage's lock: the SFT stage has its own
     return cached_folder(folder, lambda tmp: _build(stage, p, tmp, folder))
 
@@ -310,6 +249,16 @@ def _train(stage: str, p: ExperimentPreset, folder: Path):
         model, tokenizer = _load_base(p, fp32)
         return train_sft(model, tokenizer, records, sft_config(p, str(folder)))
     model, tokenizer = _load_base(p, fp32) if stage == "dpo_base" else _load_folder(_final(_ensure("sft", p)), fp32)
+    if stage == "sft_continued":  # DPO's steps and sequences per step, SFT's loss and learning rate
+        cfg = dataclasses.replace(
+            sft_config(p, str(folder)),
+            per_device_train_batch_size=p.dpo_batch_size,
+            max_steps=p.dpo_steps,
+            save_steps=p.save_steps,
+        )
+        return train_sft(model, tokenizer, records, cfg)
+    if stage == "dpo_shuffled":
+        records = shuffled_records(records, p.seed)
     # ref_model=None: the reference log-probs are computed from the policy before its first update, when
     # it *is* pi_ref (the SFT model for dpo_sft, the base model for dpo_base); no second copy is held.
     # only the last checkpoint's training state is kept (_prune_training_state), and old ones go as soon as a
@@ -362,7 +311,36 @@ def _dpo_stage(from_sft: bool) -> str:
 
 def dpo_checkpoint_steps(from_sft: bool = True, p: ExperimentPreset | None = None) -> list[int]:
     """The DPO steps with a saved checkpoint, ascending (the last one is the final model)."""
-    return _steps(_ensure(_dpo_stage(from_sft), _p(p)))
+    return checkpoint_steps(_dpo_stage(from_sft), p)
+
+
+def checkpoint_steps(stage: str, p: ExperimentPreset | None = None) -> list[int]:
+    """The saved steps of any stage, ascending (the last one is the final model)."""
+    return _steps(_ensure(stage, _p(p)))
+
+
+def pairs_seen(step: int, p: ExperimentPreset | None = None) -> int:
+    """DPO pairs (or continued-SFT sequences) a run has trained on after ``step`` steps."""
+    return step * _p(p).dpo_batch_size
+
+
+def stage_model(stage: str, step: int | None = None, p: ExperimentPreset | None = None):
+    """``(model, tokenizer)`` of any stage: its final model (``step=None``) or a saved checkpoint."""
+    folder = _ensure(stage, _p(p))
+    if step is None:
+        return _load_folder(_final(folder))
+    path = folder / f"checkpoint-{step}"
+    if not path.is_dir():
+        raise ValueError(f"no {stage} checkpoint at step {step}; saved steps are {_steps(folder)}")
+    return _load_folder(path)
+
+
+def control_model(name: str, step: int | None = None, p: ExperimentPreset | None = None):
+    """``(model, tokenizer)`` of a control run of :data:`CONTROL_STAGES` (``continued_sft``, ``shuffled_dpo``);
+    both are scored against the SFT model, as the DPO policy is."""
+    if name not in CONTROL_STAGES:
+        raise ValueError(f"control {name!r}; choose one of {', '.join(CONTROL_STAGES)}")
+    return stage_model(CONTROL_STAGES[name], step, p)
 
 
 def dpo_model(from_sft: bool = True, step: int | None = None, p: ExperimentPreset | None = None):
@@ -371,13 +349,7 @@ def dpo_model(from_sft: bool = True, step: int | None = None, p: ExperimentPrese
     ``step=None`` gives the final model, otherwise the checkpoint of that step (see
     :func:`dpo_checkpoint_steps`).
     """
-    folder = _ensure(_dpo_stage(from_sft), _p(p))
-    if step is None:
-        return _load_folder(_final(folder))
-    path = folder / f"checkpoint-{step}"
-    if not path.is_dir():
-        raise ValueError(f"no DPO checkpoint at step {step}; saved steps are {_steps(folder)}")
-    return _load_folder(path)
+    return stage_model(_dpo_stage(from_sft), step, p)
 
 
 def reference_for(from_sft: bool = True, p: ExperimentPreset | None = None):

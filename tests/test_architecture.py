@@ -23,7 +23,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "qstar_lib"
 FLOOR = {"scale", "plots", "dpo", "stats", "cache", "lazy", "__init__"}
-TOP = {"experiments", "__main__"}
+TOP = {"experiments", "presets", "__main__"}
 ALLOWED = {
     "floor": {"floor"},
     "theory": {"floor", "theory"},

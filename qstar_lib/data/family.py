@@ -2,22 +2,26 @@
 
 A family is one Reddit topic (a job offer, a car trade-in, a rent increase, ...). Its prose lives in a data
 file shipped with the package, ``qstar_lib/data/families/<family>.json``, read with :mod:`importlib.resources`;
-the code here holds only what is code: how each family draws its slot values (a sampler per family, which
-keeps the values consistent with each other, e.g. an offer inside or just below the asked range) and the
-reader that checks every file on load. A file holds:
+how a family draws its slot values is in :mod:`qstar_lib.data.samplers` (a sampler of its own, or the generic
+one for a file alone). This module is the reader that checks every file on load. A file holds:
 
 * ``family``: its name, the same as the file's name;
 * ``subreddits``: where such a post is made;
-* ``slots``: the facts of a post, in order, each ``{"type", "range" | "pool", "cues", "after"}``: ``type``
-  is a value type of :data:`qstar_lib.data.values.TYPES`; ``range`` the inclusive bounds of the raw value
-  the sampler draws (salaries in thousands, a car's model year); ``pool`` the vocabulary of
-  :data:`qstar_lib.data.values.POOLS` a text value comes from; ``cues`` words that, shortly before a value,
-  say which role it plays, and ``after`` words right after it that say the same ("6 years", "$900 deposit");
+* ``slots``: the facts of a post, in order, each ``{"type", "range" | "pool", "step", "cues", "after"}``:
+  ``type`` is a value type of :data:`qstar_lib.data.values.TYPES`; ``range`` the inclusive bounds of the raw
+  value the sampler draws (salaries in thousands, a car's model year) and ``step`` its grid (default 1);
+  ``pool`` the vocabulary of :data:`qstar_lib.data.values.POOLS` a text value comes from; ``cues`` words
+  that, shortly before a value, say which role it plays, and ``after`` words right after it that say the
+  same ("6 years", "$900 deposit");
 * ``titles`` and ``posts``: templates with a ``{slot}`` field for every fact (a post mentions every slot)
   and the style fields ``{he}``, ``{His}``, ``{bf}``, ...;
 * ``summaries``: ``{"text", "omitted", "omits"}``, a faithful summary template (``{claim}`` marks where an
   unsupported claim can be inserted) and the same summary with the ``omits`` slots left out;
 * ``claims``: ``{"text", "key"}``, an unsupported claim and the key phrase the judge looks for.
+
+Data v2 reads more out of the lists' order: claim ``i`` belongs to split ``i % 3`` (train, validation,
+test: :meth:`Family.claims_for`), and the last :func:`heldout_count` post and summary templates (30%, rounded
+up) appear only in the test split (:meth:`Family.heldout_posts`, :meth:`Family.heldout_summaries`).
 
 A text (title, post, summary) is a string or, to keep the lines of a file short, a list of strings joined
 with single spaces. A file that breaks these rules fails on import with a :class:`FamilyFileError` that
@@ -36,21 +40,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from qstar_lib.data.values import (
-    CAMERAS,
-    CARS,
-    FEMALE_NAMES,
-    MALE_NAMES,
-    PET_NAMES,
-    POOLS,
-    ROLES,
-    SCHOOLS,
-    STYLE_FIELDS,
-    STYLES,
-    TYPES,
-    US_CITIES,
-    WORLD_CITIES,
-)
+from qstar_lib.data.samplers import SAMPLERS, generic_sampler
+from qstar_lib.data.values import POOLS, STYLE_FIELDS, STYLES, TYPES
 
 
 @dataclass(frozen=True)
@@ -126,178 +117,6 @@ HELDOUT_SHARE = 0.3  # at least this share of each family's post and summary tem
 def heldout_count(n_templates: int) -> int:
     """How many of ``n_templates`` the test split holds out: ceil(30%), and at least one kept for training."""
     return min(n_templates - 1, math.ceil(HELDOUT_SHARE * n_templates - 1e-9))
-
-
-# ---------------------------------------------------------------------------------------------------
-# Samplers: the engine's part of a family. Each draws all slot values at once, so they stay consistent.
-# ---------------------------------------------------------------------------------------------------
-def _distinct(rng: random.Random, draw: Callable[[], int], k: int) -> list[int]:
-    seen: list[int] = []
-    while len(seen) < k:
-        v = draw()
-        if v not in seen:
-            seen.append(v)
-    return seen
-
-
-def _sample_job(rng, style):
-    while True:
-        low = rng.randint(32, 80)
-        high = low + rng.choice([4, 5, 6, 7, 8, 10, 12])
-        offered = rng.choice([low - rng.randint(1, 3), rng.randint(low + 1, high - 1)])
-        average = rng.randint(low - 3, high + 3)
-        floor = low - rng.randint(5, 9)
-        vals = [low, high, offered, average, floor]
-        if len(set(vals)) == 5:
-            return dict(
-                asked_low=low,
-                asked_high=high,
-                offered=offered,
-                average=average,
-                floor=floor,
-                others=rng.randint(2, 6),
-                role=rng.choice(ROLES),
-            )
-
-
-def _sample_car(rng, style):
-    old_year = rng.randint(2004, 2016)
-    old, new = rng.sample(CARS, 2)
-    price, trade = rng.randrange(9000, 32001, 250), rng.randrange(1000, 8001, 250)
-    return dict(
-        old_car=(old_year, old),
-        new_car=(rng.randint(old_year + 3, 2023), new),
-        price=price,
-        trade_in=trade,
-        miles=rng.randrange(90000, 230001, 1000),
-    )
-
-
-def _sample_move(rng, style):
-    a, b, c = rng.sample(US_CITIES, 3)
-    weeks, years = _distinct(rng, lambda: rng.randint(2, 10), 2)
-    names = FEMALE_NAMES if style["pg"] == "F" else MALE_NAMES
-    return dict(from_city=a, to_city=b, family_city=c, partner=rng.choice(names), weeks=weeks, years=years)
-
-
-def _sample_camera(rng, style):
-    old, new = rng.sample(CAMERAS, 2)
-    budget = rng.randrange(400, 2001, 50)
-    price = budget + rng.choice([-1, 1]) * rng.randrange(100, 451, 50)
-    if price < 250:  # v1 could write a negative price here; v2 prices the camera above the budget instead
-        price = budget + (budget - price)
-    return dict(old_camera=old, new_camera=new, budget=budget, price=price, years=rng.randint(2, 9))
-
-
-def _sample_rent(rng, style):
-    while True:
-        current = rng.randrange(800, 2401, 25)
-        new = current + rng.randrange(75, 401, 25)
-        deposit = rng.randrange(500, 3001, 50)
-        if deposit not in (current, new):
-            break
-    years, days = rng.randint(2, 9), rng.choice([14, 21, 30, 45, 60])
-    return dict(
-        current_rent=current,
-        new_rent=new,
-        deposit=deposit,
-        years=years,
-        days=days,
-        landlord=rng.choice(MALE_NAMES + FEMALE_NAMES),
-    )
-
-
-def _sample_relationship(rng, style):
-    me = rng.randint(25, 45)  # both adults: the partner is at most 6 years younger
-    partner_age = me + rng.choice([-1, 1]) * rng.randint(1, 6)
-    p_names = FEMALE_NAMES if style["pg"] == "F" else MALE_NAMES
-    partner, other = rng.sample(p_names, 1)[0], rng.choice(MALE_NAMES + FEMALE_NAMES)
-    while other == partner:
-        other = rng.choice(MALE_NAMES + FEMALE_NAMES)
-    return dict(my_age=me, partner_age=partner_age, partner=partner, other=other, years=rng.randint(2, 9))
-
-
-def _sample_fitness(rng, style):
-    start = rng.randint(210, 330)
-    current = start - rng.randint(20, 60)
-    goal = max(140, current - rng.randint(15, 45))
-    return dict(
-        start_weight=start,
-        current_weight=current,
-        goal_weight=goal,
-        months=rng.randint(3, 14),
-        calories=rng.randrange(1500, 2401, 50),
-    )
-
-
-def _sample_college(rng, style):
-    dream, backup = rng.sample(SCHOOLS, 2)
-    dream_aid, backup_aid = _distinct(rng, lambda: rng.randrange(2000, 30001, 500), 2)
-    if dream_aid > backup_aid:
-        dream_aid, backup_aid = backup_aid, dream_aid
-    return dict(
-        dream_school=dream,
-        backup_school=backup,
-        dream_aid=dream_aid,
-        backup_aid=backup_aid,
-        loan=rng.randrange(31000, 90001, 1000),
-    )
-
-
-def _sample_pets(rng, style):
-    old, new = rng.sample(PET_NAMES, 2)
-    vet, savings = _distinct(rng, lambda: rng.randrange(300, 4001, 50), 2)
-    old_age = rng.randint(9, 15)
-    pup_weeks = rng.choice([w for w in range(8, 17) if w != old_age])
-    return dict(old_dog=old, new_pup=new, old_age=old_age, pup_weeks=pup_weeks, vet_bill=vet, savings=savings)
-
-
-def _sample_travel(rng, style):
-    dest, layover = rng.sample(WORLD_CITIES, 2)
-    budget = rng.randrange(1500, 6001, 100)
-    flight = rng.randrange(350, 1401, 10)
-    return dict(
-        home_city=rng.choice(US_CITIES),
-        dest_city=dest,
-        layover_city=layover,
-        days=rng.randint(5, 16),
-        budget=budget,
-        flight=flight,
-    )
-
-
-def generic_sampler(slots: dict[str, Slot]) -> Callable[[random.Random, dict], dict]:
-    """The sampler of a family without one of its own: every slot drawn independently from its ``range``
-    (``randrange(low, high + 1, step)``) or ``pool``, redrawn until the values of one type are distinct.
-    A family file alone then makes a new family (data, not code)."""
-
-    def draw(rng: random.Random, style: dict) -> dict:
-        while True:
-            vals = {
-                s: rng.randrange(sl.range[0], sl.range[1] + 1, sl.step) if sl.pool is None else rng.choice(POOLS[sl.pool])
-                for s, sl in slots.items()
-            }
-            by_type: dict[str, list] = {}
-            for s, v in vals.items():
-                by_type.setdefault(slots[s].type, []).append(v)
-            if all(len(set(vs)) == len(vs) for vs in by_type.values()):
-                return vals
-
-    return draw
-
-
-_SAMPLERS = {  # family -> its own sampler (values that depend on each other); the rest use generic_sampler
-    "job_offer": _sample_job,
-    "car_trade": _sample_car,
-    "relocation": _sample_move,
-    "camera_upgrade": _sample_camera,
-    "rent_increase": _sample_rent,
-    "relationship": _sample_relationship,
-    "weight_loss": _sample_fitness,
-    "college_aid": _sample_college,
-    "pets": _sample_pets,
-    "travel_budget": _sample_travel,
-}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -429,7 +248,7 @@ def read_family(name: str, raw: str | None = None) -> dict:
     if raw is None:
         path = importlib.resources.files("qstar_lib.data") / "families" / f"{name}.json"
         if not path.is_file():
-            why = f"family {name!r} has a sampler in {__name__}" if name in _SAMPLERS else "no such family"
+            why = f"family {name!r} has a sampler in qstar_lib.data.samplers" if name in SAMPLERS else "no such family"
             raise FamilyFileError(f"{f.path}: missing; {why}")
         raw = path.read_text(encoding="utf-8")
     try:
@@ -455,7 +274,7 @@ def read_family(name: str, raw: str | None = None) -> dict:
         _read_summary(f, v, f"summaries[{i}]", slots) for i, v in enumerate(_list(f, obj["summaries"], "summaries"))
     )
     claims = tuple(_read_claim(f, v, f"claims[{i}]") for i, v in enumerate(_list(f, obj["claims"], "claims")))
-    drawn = _SAMPLERS[name](random.Random(name), dict(STYLES[0])) if name in _SAMPLERS else None
+    drawn = SAMPLERS[name](random.Random(name), dict(STYLES[0])) if name in SAMPLERS else None
     if drawn is not None and set(drawn) != set(slots):
         f.fail("slots", f"the sampler draws {', '.join(drawn)}; the file declares {', '.join(slots)}")
     return dict(
@@ -473,14 +292,14 @@ def _read_all() -> dict[str, dict]:
     then the others by name."""
     folder = importlib.resources.files("qstar_lib.data") / "families"
     files = sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))
-    names = list(_SAMPLERS) + [n for n in files if n not in _SAMPLERS]
+    names = list(SAMPLERS) + [n for n in files if n not in SAMPLERS]
     return {name: read_family(name) for name in names}
 
 
 FAMILY_TEXTS: dict[str, dict] = _read_all()
 """family -> the checked contents of its file (subreddits, slots, titles, posts, summaries, claims)."""
 FAMILIES: dict[str, Family] = {
-    name: Family(name=name, sample=_SAMPLERS.get(name) or generic_sampler(spec["slots"]), **spec)
+    name: Family(name=name, sample=SAMPLERS.get(name) or generic_sampler(spec["slots"]), **spec)
     for name, spec in FAMILY_TEXTS.items()
 }
 CLAIM_KEYS: tuple[str, ...] = tuple(sorted({key for fam in FAMILIES.values() for _, key in fam.claims}))

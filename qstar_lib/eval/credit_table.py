@@ -193,6 +193,17 @@ def _cell(
     return cell, rec
 
 
+def _check_inputs(methods: Mapping, targets: Sequence[dict], pair_scores: Mapping | None) -> int:
+    n = len(targets)
+    for name, sc in methods.items():
+        if len(sc) != n:
+            raise ValueError(f"methods[{name!r}] has {len(sc)} records, targets has {n}")
+    for name, (c, r) in (pair_scores or {}).items():
+        if len(c) != n or len(r) != n:
+            raise ValueError(f"pair_scores[{name!r}] has {len(c)}/{len(r)} pairs, targets has {n}")
+    return n
+
+
 def credit_table(
     methods: Mapping[str, Sequence[Sequence[float]]],
     targets: Sequence[dict],
@@ -236,13 +247,7 @@ def credit_table(
     """
     import pandas as pd
 
-    n = len(targets)
-    for name, sc in methods.items():
-        if len(sc) != n:
-            raise ValueError(f"methods[{name!r}] has {len(sc)} records, targets has {n}")
-    for name, (c, r) in (pair_scores or {}).items():
-        if len(c) != n or len(r) != n:
-            raise ValueError(f"pair_scores[{name!r}] has {len(c)}/{len(r)} pairs, targets has {n}")
+    n = _check_inputs(methods, targets, pair_scores)
     unlabelled = [t["kind"] for t in targets if not t["labels"].any()]
     if unlabelled:
         counts = {k: unlabelled.count(k) for k in dict.fromkeys(unlabelled)}
@@ -329,6 +334,4 @@ def credit_report(
     for name, rows in (("sft_surprisal", sft_logps), ("base_surprisal", base_logps)):
         if rows is not None:
             pair_scores[name] = ([r["chosen_logps"] for r in rows], [r["rejected_logps"] for r in rows])
-    return credit_table(
-        methods, targets, pair_scores=pair_scores, kinds=kinds, n_boot=n_boot, seed=seed, subset=subset
-    )
+    return credit_table(methods, targets, pair_scores=pair_scores, kinds=kinds, n_boot=n_boot, seed=seed, subset=subset)

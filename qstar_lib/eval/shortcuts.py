@@ -153,4 +153,3 @@ def shortcut_audit(
     return credit_table(
         methods, targets, kinds=kinds or TABLE_KINDS, n_boot=n_boot, reference="surface_lr", subset=subset
     )
-
