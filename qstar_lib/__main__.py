@@ -290,6 +290,13 @@ def cmd_score(args) -> int:
     _write_jsonl(args.out, rows)
     accuracy = sum(r["margin"] > 0 for r in rows) / len(rows)
     print(f"wrote per-token rewards of {len(rows)} pairs to {args.out}; rewards/accuracies={accuracy:.4g}")
+    if args.html:
+        from qstar_lib.eval.report import report_html
+
+        page = report_html(scores, tokenizer, title=f"{args.model} vs {args.ref_model}")
+        with open(args.html, "w", encoding="utf-8") as f:
+            f.write(page)
+        print(f"wrote the HTML report to {args.html}")
     return 0
 
 
@@ -399,6 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=512, help="truncate prompt + completion to this many tokens")
     p.add_argument("--max-prompt-length", type=int, default=None, help="truncate the prompt to this many tokens")
     p.add_argument("--disable-tqdm", action="store_true", help="hide the progress bar")
+    p.add_argument(
+        "--html", default=None, help="also write one self-contained HTML page: every pair's heatmaps, the credit table"
+    )
     p.set_defaults(func=cmd_score)
     return parser
 
