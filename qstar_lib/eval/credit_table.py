@@ -107,6 +107,9 @@ def credit_targets(scored: Sequence[Mapping]) -> list[dict]:
         everything = np.ones_like(union)
         cands = [np.asarray(c, dtype=np.int8) for c in row.get("rejected_candidates", [everything] * len(per_error))]
         firsts = [np.asarray(c, dtype=np.int8) for c in row.get("rejected_first_labels", per_error)]
+        f_cands = [
+            np.asarray(c, dtype=np.int8) for c in row.get("rejected_first_candidates", [everything] * len(firsts))
+        ]
         out.append(
             {
                 "id": row.get("id", i),
@@ -117,6 +120,7 @@ def credit_targets(scored: Sequence[Mapping]) -> list[dict]:
                 "error_kinds": [e["kind"] for e in row["rejected_errors"]],
                 "candidates": np.logical_or.reduce(cands).astype(np.int8) if cands else everything,
                 "first": np.logical_or.reduce(firsts).astype(np.int8) if firsts else union,
+                "first_candidates": np.logical_or.reduce(f_cands).astype(np.int8) if f_cands else everything,
                 "heldout_family": bool(row.get("heldout_family", False)),
                 "heldout_template": bool(row.get("heldout_template", False)),
             }
@@ -173,7 +177,8 @@ def _cell(
     cands = [t["candidates"] for t in cell_targets]
     rec = per_record_auroc(sc, labs, cands)  # (R,) NaN where a record has no clean candidate
     cell["auroc_rec"], cell["auroc_rec_lo"], cell["auroc_rec_hi"] = _mean_ci(rec, n_boot, seed)
-    cell["auroc_first"] = float(np.nanmean(per_record_auroc(sc, [t["first"] for t in cell_targets], cands)))
+    first = per_record_auroc(sc, [t["first"] for t in cell_targets], [t["first_candidates"] for t in cell_targets])
+    cell["auroc_first"] = float(np.nanmean(first)) if (~np.isnan(first)).any() else math.nan
     cell["auroc"] = error_token_auroc(sc, labs)
     cell["top1"] = top1_localisation(sc, labs)
     cell["top1_chance"] = float(np.mean([lab.mean() for lab in labs]))  # a constant score's top-1

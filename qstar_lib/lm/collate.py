@@ -114,8 +114,10 @@ def planted_labels(record: Mapping, tokenizer) -> dict:
     ``rejected_error_labels`` (one such list per localised error, in span order), ``rejected_first_labels``
     (per error, the token of its first differing character: the digits after it are predictable once it is
     written), ``rejected_candidates`` (per error, the tokens a localiser chooses among, see
-    :func:`_candidates`), ``rejected_errors`` (those errors, in the same order), and the record's ``id`` and ``kind`` when it has them. The labels cover the
-    whole completion: a reader whose scores stop early (a completion cut by ``max_length``) raises
+    :func:`_candidates`), ``rejected_first_candidates`` (the same for the first-token metric, see
+    :func:`_first_candidates`), ``rejected_errors`` (those errors, in the same order), and the record's ``id``,
+    ``kind`` and held-out flags when it has them. The labels cover the whole completion: a reader whose
+    scores stop early (a completion cut by ``max_length``) raises
     (:func:`qstar_lib.eval.credit.align_scores`) instead of losing error tokens.
     """
     from qstar_lib.data import LOCALISED_KINDS, token_labels
@@ -131,7 +133,31 @@ def planted_labels(record: Mapping, tokenizer) -> dict:
     out["rejected_error_labels"] = [token_labels(rejected, [e], tokenizer) for e in errors]
     out["rejected_first_labels"] = [token_labels(rejected, [(e["start"], e["start"] + 1)], tokenizer) for e in errors]
     out["rejected_candidates"] = [_candidates(record, e, tokenizer) for e in errors]
+    out["rejected_first_candidates"] = [
+        _first_candidates(record, e, first, tokenizer) for e, first in zip(errors, out["rejected_first_labels"])
+    ]
     out["rejected_errors"] = [dict(e) for e in errors]
+    return out
+
+
+def _first_candidates(record: Mapping, error: Mapping, first: list[int], tokenizer) -> list[int]:
+    """The candidates of the first-token metric: the error's first differing token and the *first* letter-or-
+    digit token of every other value of the same type (comparing a value's first token with the digits that
+    follow another would read the position inside a value, not the value). Every token for a claim."""
+    from qstar_lib.data import token_labels
+
+    text, values = record["rejected"], record.get("rejected_values")
+    if not values or error["kind"] == "inserted_claim":
+        return [1] * len(first)
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    own = [v for v in values if v["slot"] == error["slot"]]
+    out = list(first)
+    for v in values:
+        if own and v["type"] == own[0]["type"] and v["slot"] != error["slot"]:
+            lab = token_labels(text, [v], tokenizer)
+            j = next((j for j, (a, b) in enumerate(offsets) if lab[j] and any(c.isalnum() for c in text[a:b])), None)
+            if j is not None:
+                out[j] = 1
     return out
 
 
