@@ -225,8 +225,10 @@ def test_baselines_have_the_shape_of_the_rewards():
     assert [len(x) for x in a] == [3, 2] and all(np.array_equal(x, y) for x, y in zip(a, b))
     assert not np.array_equal(random_scores([3], seed=4)[0], a[0])
     np.testing.assert_array_equal(sft_surprisal(rows)[0], [-1.0, -5.0, -0.5])  # +log pi: low = surprising
-    methods = credit_scores(rows, sft_logps=rows, base_logps=rows, seed=0)
-    assert tuple(methods) == DEFAULT_METHODS
+    methods = credit_scores(rows, sft_logps=rows, base_logps=rows, controls={"continued_sft": rows}, seed=0)
+    assert tuple(methods) == tuple(m for m in DEFAULT_METHODS if m != "shuffled_dpo")
+    np.testing.assert_array_equal(methods["sft_minus_base"][0], [0.0, 0.0, 0.0])  # the same rows twice
+    np.testing.assert_array_equal(methods["continued_sft"][1], methods["dpo_reward"][1])  # read like the reward
 
 
 def test_surprisal_from_a_model_equals_surprisal_from_its_logps(tiny_lm, pair_records):
@@ -380,7 +382,8 @@ def test_end_to_end_table_has_every_method_and_kind(tiny_scored):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # every record is localised: no warning
         df = credit_report(moved, sft_logps=ref, base_logps=ref, n_boot=20)
-    assert list(df.index) == list(DEFAULT_METHODS)
+    assert list(df.index) == [m for m in DEFAULT_METHODS if m not in ("continued_sft", "shuffled_dpo")]
+    assert (df.loc["sft_minus_base", (slice(None), "auroc_rec")] == 0.5).all()  # the same model twice: all zero
     assert df[("all", "n")].iloc[0] == len(records)
     for kind in TABLE_KINDS:
         assert df[(kind, "n")].iloc[0] >= 1, kind
@@ -390,3 +393,103 @@ def test_end_to_end_table_has_every_method_and_kind(tiny_scored):
     assert df.loc["dpo_reward", ("all", "pair_acc")] == pair_accuracy(
         [r["chosen_reward"] for r in moved], [r["rejected_reward"] for r in moved]
     )
+
+
+# ------------------------------------------------------------------------- data v2 metrics: candidates, chance
+def test_per_record_auroc_within_candidates():
+    from qstar_lib.eval.credit import per_record_auroc
+
+    s = [np.array([0.0, -1.0, -2.0, 5.0, -3.0])]  # token 4 is the lowest overall, but not a candidate
+    lab = [np.array([0, 0, 1, 0, 0])]
+    cand = [np.array([1, 1, 1, 1, 0])]
+    assert per_record_auroc(s, lab)[0] == 0.75  # all tokens: token 4 (-3) beats the error (-2)
+    assert per_record_auroc(s, lab, cand)[0] == 1.0  # among the candidates the error is lowest
+    only_error = [np.array([0, 0, 1, 0, 0])]
+    assert np.isnan(per_record_auroc(s, lab, only_error)[0])  # no clean candidate: undefined, not 0.5
+    with pytest.raises(ValueError, match="candidates has 2 records"):
+        per_record_auroc(s, lab, cand * 2)
+
+
+def test_candidates_of_a_swap_are_the_values_of_its_type(tiny_tokenizer):
+    records = synthetic_tldr(60, seed=2, split="test", kinds=["in_post_swap", "inserted_claim"])
+    for r in records:
+        row = planted_labels(r, tiny_tokenizer)
+        (err,), (cand,), (first,) = row["rejected_errors"], row["rejected_candidates"], row["rejected_first_labels"]
+        lab = np.array(row["rejected_error_labels"][0], bool)
+        if err["kind"] == "inserted_claim":
+            assert all(cand)
+            continue
+        ty = next(v["type"] for v in r["rejected_values"] if v["slot"] == err["slot"])
+        spans = [v for v in r["rejected_values"] if v["type"] == ty]
+        assert len(spans) >= 2  # data v2: a swap sits among at least two values of its type
+        inside = np.array(token_labels(r["rejected"], spans, tiny_tokenizer), bool)
+        assert np.all(~np.array(cand, bool) | inside)  # candidates lie in the same-type values
+        assert (np.array(cand, bool) & lab).any() and (np.array(cand, bool) & ~lab).any()
+        assert sum(first) == 1 and np.flatnonzero(first)[0] == np.flatnonzero(lab)[0]
+
+
+def test_chance_levels_and_paired_differences(table_records, tiny_tokenizer):
+    targets = credit_targets([planted_labels(r, tiny_tokenizer) for r in table_records])
+    rng = np.random.default_rng(3)
+    methods = {
+        "dpo_reward": [-t["labels"] + 0.1 * rng.random(t["n_tokens"]) for t in targets],
+        "random": random_scores([t["n_tokens"] for t in targets]),
+        "uniform_share": [np.zeros(t["n_tokens"]) for t in targets],
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        df = credit_table(methods, targets, n_boot=200)
+    for kind in TABLE_KINDS:
+        assert df.loc["uniform_share", (kind, "top1")] == pytest.approx(df.loc["dpo_reward", (kind, "top1_chance")])
+        assert math.isnan(df.loc["dpo_reward", (kind, "delta_rec")])  # the reference has no difference to itself
+        d = df.loc["uniform_share", (kind, "delta_rec")]
+        assert d == pytest.approx(df.loc["dpo_reward", (kind, "auroc_rec")] - 0.5)
+        lo, hi = df.loc["uniform_share", (kind, "delta_rec_lo")], df.loc["uniform_share", (kind, "delta_rec_hi")]
+        assert lo <= d + 1e-12 and d <= hi + 1e-12
+    chance = df.loc["dpo_reward", ("two_errors", "stitching_chance")]
+    assert chance == pytest.approx(df.loc["uniform_share", ("two_errors", "stitching")])
+    assert 0 < chance < 1
+
+
+def test_held_out_subsets_select_their_records(tiny_tokenizer):
+    records = synthetic_tldr(80, seed=4, split="test", kinds=["in_post_swap"])
+    targets = credit_targets([planted_labels(r, tiny_tokenizer) for r in records])
+    methods = {"dpo_reward": [np.zeros(t["n_tokens"]) for t in targets]}
+    for flag in ("heldout_family", "heldout_template"):
+        df = credit_table(methods, targets, kinds=["in_post_swap"], subset=flag)
+        assert df.loc["dpo_reward", ("in_post_swap", "n")] == sum(r[flag] for r in records) > 0
+
+
+def test_log_ratio_is_the_difference_of_two_models_logps():
+    from qstar_lib.eval.baselines import log_ratio
+
+    a = [{"rejected_per_token_logps": [-1.0, -2.0]}]
+    b = [{"rejected_per_token_logps": [-1.5, -1.0]}]
+    np.testing.assert_allclose(log_ratio(a, b)[0], [0.5, -1.0])
+    with pytest.raises(ValueError, match="row 0 has 2 policy and 1 reference tokens"):
+        log_ratio(a, [{"rejected_per_token_logps": [0.0]}])
+
+
+def test_gap_concentration_known_numbers():
+    from qstar_lib.eval.report import gap_concentration, gap_share_curve
+
+    # contributions: chosen +3, +1, 0; rejected -(-1) = +1, -(0) = 0 -> gap 5; 80% = 4 needs 2 of 5 tokens
+    row = {"chosen_rewards": [3.0, 1.0, 0.0], "rejected_rewards": [-1.0, 0.0]}
+    flat = {"chosen_rewards": [1.0] * 4, "rejected_rewards": [-1.0] * 4}  # even: 6.4 of 8 needs 7 tokens
+    worse = {"chosen_rewards": [0.0], "rejected_rewards": [1.0]}  # gap < 0: left out
+    np.testing.assert_allclose(gap_concentration([row, flat, worse]), [2 / 5, 7 / 8])
+    x, y, n = gap_share_curve([row, flat, worse])
+    assert n == 2 and y[0] == 0.0 and y[-1] == pytest.approx(1.0) and np.all(np.diff(y) >= -1e-12)
+    assert y[np.searchsorted(x, 0.2)] == pytest.approx((3 / 5 + 0.2) / 2)
+
+
+def test_html_report_is_self_contained(tiny_scored):
+    from qstar_lib.eval.report import report_html
+
+    records, tok, _, _, moved = tiny_scored
+    page = report_html(moved, tok)
+    assert page.startswith("<!DOCTYPE html>") and page.count('class="pair"') == len(moved)
+    assert "http" not in page and "src=" not in page  # no CDN, no external script or image
+    assert "Credit table" in page and "auroc_rec" in page
+    with pytest.raises(ValueError, match="at least one"):
+        report_html([], tok)
