@@ -29,9 +29,10 @@ from qstar_lib.data import (
     write_jsonl,
 )
 from qstar_lib.data.family import CLAIM_KEYS
+from qstar_lib.data.synthetic import DATA_VERSION, HELDOUT_FAMILIES
 from qstar_lib.data.values import TYPES, text_key
 
-N = 600  # records per check: 10 families x 6 kinds, every combination many times
+N = 600  # records per check: 14 training families x 6 kinds, every combination several times
 
 
 @pytest.fixture(scope="module")
@@ -93,12 +94,13 @@ def test_splits_are_disjoint():
 
 
 def test_families_and_same_type_values(train):
-    assert len(FAMILIES) >= 8
-    assert {r["family"] for r in train} == set(FAMILIES)
+    assert len(FAMILIES) >= 16
+    assert {r["family"] for r in train} == set(FAMILIES) - set(HELDOUT_FAMILIES)
     for fam in FAMILIES.values():
         types = collections.Counter(s.type for s in fam.slots.values())
         assert max(types.values()) >= 2, f"{fam.name}: no two values of one type"
-        assert len(fam.posts) >= 3 and len(fam.summaries) >= 3 and len(fam.claims) >= 5
+        assert len(fam.posts) >= 4 and len(fam.summaries) >= 4, fam.name
+        assert all(len(fam.claims_for(split)) >= 2 for split in ("train", "validation", "test")), fam.name
     from qstar_lib.data import values as ds
 
     for pool in (
@@ -592,3 +594,108 @@ def test_samplers_draw_what_the_family_files_declare():
                     assert slot.range[0] <= number <= slot.range[1], (fam.name, s, v)
                 if slot.pool is not None:
                     assert (v[1] if isinstance(v, tuple) else v) in POOLS[slot.pool], (fam.name, s, v)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Data v2: errors a string rule cannot find, held-out text, disjoint claims
+# ---------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def v2():
+    return {split: synthetic_tldr(2000, seed=0, split=split) for split in ("train", "validation", "test")}
+
+
+def _errors(records, kind):
+    return [(r, e) for r in records for e in r["errors"] if e["kind"] == kind]
+
+
+def test_every_record_says_its_version(v2):
+    assert DATA_VERSION == 2
+    assert all(r["version"] == 2 for recs in v2.values() for r in recs)
+    assert fig1_example()["version"] == 2
+
+
+def test_swaps_take_a_post_value_the_summary_does_not_already_write(v2):
+    swaps = _errors(v2["test"] + v2["train"], "in_post_swap")
+    fresh = [e["planted"] not in r["chosen"] for r, e in swaps]
+    print(f"{sum(fresh)} of {len(swaps)} swapped-in values are new to the summary")
+    assert len(swaps) > 1000 and sum(fresh) / len(swaps) >= 0.95
+    for r, e in swaps:
+        post = {normalise_number(v) or v for v in r["post_values"].values()}
+        assert (normalise_number(e["planted"]) or e["planted"]) in post and r["rejected"].count(e["planted"]) == 1
+
+
+def test_swaps_and_absent_values_sit_among_values_of_their_type(v2):
+    for kind in ("in_post_swap", "absent_value"):
+        for r, e in _errors(v2["test"], kind):
+            ty = next(v["type"] for v in r["rejected_values"] if v["slot"] == e["slot"])
+            assert sum(v["type"] == ty for v in r["rejected_values"]) >= 2, (kind, r["id"])
+            span = next(v for v in r["rejected_values"] if v["slot"] == e["slot"])
+            assert span["start"] <= e["start"] < e["end"] == span["end"]
+
+
+def test_absent_values_come_from_the_slots_own_distribution(v2):
+    """Each absent value is a value the family's sampler gives that slot (v1 drew salaries from 15-28k or
+    100-305k while true salaries were 29-90k), and their mean is that of the true values."""
+    import random
+
+    from qstar_lib.data.values import STYLES, TYPES
+
+    support: dict = {}
+    rng = random.Random(1)
+    for fam in FAMILIES.values():
+        for _ in range(4000):
+            style = dict(rng.choice(STYLES))
+            for slot, raw in fam.sample(rng, style).items():
+                support.setdefault((fam.name, slot), set()).add(TYPES[fam.slots[slot].type].summary(raw, style))
+    absent = _errors(v2["test"] + v2["train"], "absent_value")
+    assert len(absent) > 500
+    outside = [
+        (r["family"], e["slot"], e["planted"])
+        for r, e in absent
+        if e["planted"] not in support[(r["family"], e["slot"])]
+    ]
+    assert not outside, outside[:5]
+    true_n = [normalise_number(e["true"]) for _, e in absent]
+    planted_n = [normalise_number(e["planted"]) for _, e in absent]
+    pairs = [(t, p) for t, p in zip(true_n, planted_n) if t is not None and p is not None]
+    t_mean = sum(t for t, _ in pairs) / len(pairs)
+    p_mean = sum(p for _, p in pairs) / len(pairs)
+    assert abs(p_mean - t_mean) / t_mean < 0.15, (t_mean, p_mean)
+
+
+def test_inserted_claims_of_the_three_splits_are_disjoint(v2):
+    keys = {}
+    for split, recs in v2.items():
+        keys[split] = {
+            next(k for _, k in FAMILIES[r["family"]].claims if k in e["planted"])
+            for r, e in _errors(recs, "inserted_claim")
+            if not r["heldout_family"]
+        }
+    assert keys["train"] and keys["validation"] and keys["test"]
+    assert not keys["train"] & keys["validation"] and not keys["train"] & keys["test"]
+    assert not keys["validation"] & keys["test"]
+
+
+def test_the_test_split_holds_out_families_and_templates(v2):
+    assert len(HELDOUT_FAMILIES) >= 2
+    for split in ("train", "validation"):
+        for r in v2[split]:
+            fam = FAMILIES[r["family"]]
+            assert not r["heldout_family"] and not r["heldout_template"] and r["family"] not in HELDOUT_FAMILIES
+            assert r["templates"]["post"] not in fam.heldout_posts()
+            assert r["templates"]["summary"] not in fam.heldout_summaries()
+    test = v2["test"]
+    held = [r for r in test if r["heldout_family"]]
+    assert {r["family"] for r in held} == set(HELDOUT_FAMILIES) and 0.4 <= len(held) / len(test) <= 0.6
+    for r in test:
+        fam = FAMILIES[r["family"]]
+        new = r["templates"]["post"] in fam.heldout_posts() or r["templates"]["summary"] in fam.heldout_summaries()
+        assert r["heldout_template"] == (r["heldout_family"] or new)
+    seen = [r for r in test if not r["heldout_family"]]
+    assert 0.3 <= sum(r["heldout_template"] for r in seen) / len(seen) < 1
+    for fam in FAMILIES.values():  # at least 30% of the templates are held out
+        assert len(fam.heldout_posts()) >= 0.3 * len(fam.posts) and len(fam.heldout_summaries()) >= 0.3 * len(
+            fam.summaries
+        )
+    with pytest.raises(ValueError, match="held out for the test split only"):
+        synthetic_tldr(3, split="train", families=list(HELDOUT_FAMILIES))

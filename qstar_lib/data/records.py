@@ -55,8 +55,9 @@ def synthetic_tldr(
 ) -> list[dict]:
     """``n`` synthetic TL;DR preference pairs with planted errors, deterministic in ``(seed, split)``.
 
-    Splits ``train``/``validation``/``test`` never share a prompt, whatever the seeds: a prompt's
-    split is fixed by a hash of its text, and each split keeps only its own prompts.
+    Splits ``train``/``validation``/``test`` never share a prompt, whatever the seeds: a prompt of the
+    training families and templates belongs to the split a hash of its text says, and held-out families
+    and templates appear in the test split only.
 
     ``kinds`` chooses the pair kinds (names from :data:`ERROR_MIX`: ``in_post_swap``,
     ``absent_value``, ``inserted_claim``, ``two_errors``, ``omission``, ``verbosity``), as a list (the
@@ -64,11 +65,21 @@ def synthetic_tldr(
     Counts follow the shares exactly (largest remainder), not by chance. ``families`` restricts topics
     (names in :data:`FAMILIES`). Speed: 20,000 pairs take about 4 s of CPU time.
 
-    Each record: ``id``, ``prompt`` (TRL TL;DR layout, ending ``"TL;DR:"``), ``chosen`` and ``rejected``
-    (each with one leading space), ``errors`` (list of ``{kind, start, end, slot, true, planted}``;
-    offsets into ``rejected``; ``omission``/``verbosity`` entries have ``start == end == -1``),
+    Each record: ``version`` (:data:`qstar_lib.data.synthetic.DATA_VERSION`), ``id``, ``prompt`` (TRL TL;DR
+    layout, ending ``"TL;DR:"``), ``chosen`` and ``rejected`` (each with one leading space), ``errors`` (list
+    of ``{kind, start, end, slot, true, planted}``; offsets into ``rejected``, ``start`` at the first character
+    that differs from the true value; ``omission``/``verbosity`` entries have ``start == end == -1``),
     ``n_errors`` (localised errors: 0, 1 or 2), ``kind`` (the pair kind), ``family``, ``facts`` (slot ->
-    value as the chosen summary states it) and ``post_values`` (role -> value as the post writes it).
+    value as the chosen summary states it), ``post_values`` (role -> value as the post writes it),
+    ``rejected_values`` (``{slot, type, start, end}`` of every value the rejected summary writes),
+    ``heldout_family`` / ``heldout_template`` (the test split's records from a family, or with a post or
+    summary template, that no other split uses) and ``templates`` (the title, post and summary indices).
+
+    Data v2 (what makes the benchmark one a string rule cannot pass): an in-post swap takes a value of the
+    post that the summary does not already write; an absent value is the same slot of a fresh draw of the
+    family's sampler (the distribution of the true values); inserted claims come from disjoint lists per
+    split; the test split holds out whole families (:data:`qstar_lib.data.synthetic.HELDOUT_FAMILIES`, half
+    its records) and the last 30% of every family's post and summary templates.
     """
     return generate(n, seed=seed, split=split, kinds=kinds, families=families)
 

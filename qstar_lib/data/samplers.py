@@ -65,7 +65,15 @@ def _sample_car(rng, style):
         price=price,
         trade_in=trade,
         miles=rng.randrange(90000, 230001, 1000),
+        book_value=_book_value(rng, trade, price),
     )
+
+
+def _book_value(rng, trade, price):
+    while True:  # what the old car is worth sold privately: above the dealer's trade-in offer
+        book = trade + rng.randrange(500, 3001, 250)
+        if book != price:
+            return book
 
 
 def _sample_move(rng, style):
@@ -81,7 +89,11 @@ def _sample_camera(rng, style):
     price = budget + rng.choice([-1, 1]) * rng.randrange(100, 451, 50)
     if price < 250:  # v1 could write a negative price here; v2 prices the camera above the budget instead
         price = budget + (budget - price)
-    return dict(old_camera=old, new_camera=new, budget=budget, price=price, years=rng.randint(2, 9))
+    while True:  # what the old body would sell for: at most half the budget
+        resale = rng.randrange(100, budget // 2 + 1, 25)
+        if resale != price:
+            break
+    return dict(old_camera=old, new_camera=new, budget=budget, price=price, years=rng.randint(2, 9), resale=resale)
 
 
 def _sample_rent(rng, style):

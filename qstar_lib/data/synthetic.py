@@ -220,6 +220,7 @@ def _build(ch: _Choice, idx: str, prompt: str, post_values: dict[str, str]) -> d
         "rejected_values": values,
         "heldout_family": ch.heldout_family,
         "heldout_template": ch.heldout_template,
+        "templates": {"title": ch.title, "post": ch.post, "summary": ch.summary},
     }
 
 
