@@ -75,7 +75,7 @@ def validation_records(p: ExperimentPreset | None = None) -> list[dict]:
     from qstar_lib.data import synthetic_tldr, validate_records
 
     p = _p(p)
-    return validate_records(synthetic_tldr(p.n_eval_pairs, seed=p.seed, split="validation"))
+    return validate_records(synthetic_tldr(p.n_val_pairs, seed=p.seed, split="validation"))
 
 
 def shuffled_records(records: list[dict], seed: int) -> list[dict]:
@@ -212,7 +212,8 @@ def _build(stage: str, p: ExperimentPreset, tmp: Path, folder: Path) -> None:
     info = {
         "stage": stage,
         "seconds": seconds,
-        "steps": p.sft_steps if stage == "sft" else p.dpo_steps,
+        "steps": {"sft": p.sft_steps, "sft_continued": p.control_steps, "dpo_shuffled": p.control_steps}.get(stage)
+        or p.dpo_steps,
         "pairs_per_step": p.dpo_batch_size,
         "preset": dataclasses.asdict(p),
         "scale": scale.active_scale(),
@@ -253,18 +254,21 @@ def _train(stage: str, p: ExperimentPreset, folder: Path):
         cfg = dataclasses.replace(
             sft_config(p, str(folder)),
             per_device_train_batch_size=p.dpo_batch_size,
-            max_steps=p.dpo_steps,
+            max_steps=p.control_steps or p.dpo_steps,
             save_steps=p.save_steps,
         )
         return train_sft(model, tokenizer, records, cfg)
-    if stage == "dpo_shuffled":
-        records = shuffled_records(records, p.seed)
+
     # ref_model=None: the reference log-probs are computed from the policy before its first update, when
     # it *is* pi_ref (the SFT model for dpo_sft, the base model for dpo_base); no second copy is held.
     # only the last checkpoint's training state is kept (_prune_training_state), and old ones go as soon as a
     # newer one exists: a gpu-scale run keeps ~2 optimizer states on disk, not one per checkpoint
     prune = lambda step, metrics, model: _prune_training_state(folder)  # noqa: E731
-    return train_dpo(model, None, tokenizer, records, dpo_config(p, str(folder)), callbacks=[prune])
+    cfg = dpo_config(p, str(folder))
+    if stage == "dpo_shuffled":
+        records = shuffled_records(records, p.seed)
+        cfg = dataclasses.replace(cfg, max_steps=p.control_steps or p.dpo_steps)
+    return train_dpo(model, None, tokenizer, records, cfg, callbacks=[prune])
 
 
 def _final(folder: Path) -> Path:

@@ -21,7 +21,7 @@ PIPELINE_VERSION = 3
 
 @dataclass(frozen=True)
 class ExperimentPreset:
-    """Every size of one pipeline run (SFT -> DPO from SFT, and DPO from the base model)."""
+    """Every size of one pipeline run (SFT -> DPO from SFT, DPO from the base model, the control runs)."""
 
     model_name: str  # a qstar_lib.lm.models.load_model name: "tiny", "smollm2-135m", a folder or hub id
     n_train_pairs: int  # synthetic_tldr(split="train"): SFT on their chosen side, DPO on the pairs
@@ -36,6 +36,8 @@ class ExperimentPreset:
     max_length: int  # prompt + completion tokens
     save_steps: int  # DPO checkpoint every this many steps (and at the end)
     seed: int
+    n_val_pairs: int = 16  # synthetic_tldr(split="validation"): where checkpoints are chosen
+    control_steps: int | None = None  # steps of the control runs (None: as many as DPO)
 
     def key(self) -> str:
         """A short digest of the fields and the pipeline version: the cache folder's suffix."""
@@ -49,13 +51,13 @@ def preset(scale_name: str | None = None) -> ExperimentPreset:
     """The preset of ``scale_name`` (default: the active scale).
 
     - ``ci``: the random tiny model on 32 pairs, 10 steps per run; the three runs take seconds on 2 cores.
-    - ``cpu``: SmolLM2-135M-Instruct, sized from step costs measured on 2 cores (Xeon @ 2.5 GHz, about
-      160 GFLOP/s fp32 matmul): 13 s per SFT step of 8 sequences (~210 tokens each), 9.5 s per DPO step of
-      4 pairs (shared prompt, ~260 tokens a pair), 0.6 s per pair for the reference log-probs. 20 SFT steps
-      (one epoch of the 160 chosen summaries, lr 2e-5), then two DPO runs of 32 steps of 4 pairs (128 pairs,
-      each seen once, lr 1e-5) with a checkpoint every 4 steps (8 points for the credit-vs-steps curves):
-      about 260 s + 2 x 380 s, under the 20 minutes the chapters promise. A prototype on this model found
-      localisation sharpening within ~20-25 DPO steps of 8 pairs at lr 5e-6 to 1e-5 and fading afterwards.
+    - ``cpu``: SmolLM2-135M-Instruct, sized from step costs measured on 2 cores of an AMD EPYC (AVX2 only,
+      no native bf16; fp32): about 18 s per DPO step of 4 pairs (shared prompt, ~280 tokens a pair), an SFT
+      step of 8 sequences about as much, 0.6 s per pair of log-probs. 20 SFT steps (160 of the 256 chosen
+      summaries, lr 2e-5); DPO from SFT for 64 steps of 4 pairs (256 pairs seen, lr 1e-5), a checkpoint every
+      16 steps (64, 128, 192, 256 pairs: the credit-vs-pairs curve); the two control runs for 32 steps (128
+      pairs; the chapter compares at equal pairs seen); 128 test and 64 validation pairs. About 8 + 19 + 2 x
+      8 min of training. (The cpu-book issue asks for 4-8x more; its levers are not built yet.)
     - ``gpu``: the same model on ten times the data and steps.
     """
     return scale.pick(
@@ -76,18 +78,20 @@ def preset(scale_name: str | None = None) -> ExperimentPreset:
         ),
         cpu=ExperimentPreset(
             model_name="smollm2-135m",
-            n_train_pairs=160,
-            n_eval_pairs=64,
+            n_train_pairs=256,
+            n_eval_pairs=128,
             sft_steps=20,
             sft_batch_size=8,
             sft_lr=2e-5,
-            dpo_steps=32,
+            dpo_steps=64,
             dpo_batch_size=4,
             dpo_lr=1e-5,
             beta=0.1,
             max_length=384,
-            save_steps=4,
+            save_steps=16,
             seed=0,
+            n_val_pairs=64,
+            control_steps=32,
         ),
         gpu=ExperimentPreset(
             model_name="smollm2-135m",
@@ -103,6 +107,7 @@ def preset(scale_name: str | None = None) -> ExperimentPreset:
             max_length=512,
             save_steps=16,
             seed=0,
+            n_val_pairs=256,
         ),
         scale=scale_name,
     )

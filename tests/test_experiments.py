@@ -52,7 +52,9 @@ def test_presets_per_scale():
     assert ex.preset("ci").model_name == "tiny"
     assert ex.preset("cpu").model_name == ex.preset("gpu").model_name == "smollm2-135m"
     cpu = ex.preset("cpu")
-    assert cpu.dpo_steps // cpu.save_steps >= 5  # enough checkpoints for the credit-vs-steps curves
+    saved = {ex.pairs_seen(s, cpu) for s in range(cpu.save_steps, cpu.dpo_steps + 1, cpu.save_steps)}
+    assert len(saved) >= 4 and {128, 256} <= saved  # the credit-vs-pairs curve: checkpoints at 128, 256, ...
+    assert cpu.n_train_pairs >= cpu.dpo_steps * cpu.dpo_batch_size  # each DPO pair seen once
     assert cpu.key() != dataclasses.replace(cpu, seed=1).key()  # any field changes the cache folder
     with pytest.raises(dataclasses.FrozenInstanceError):
         cpu.seed = 1
@@ -127,3 +129,36 @@ def test_eval_records_are_held_out(p):
     train, held_out = ex.train_records(p), ex.eval_records(p)
     assert len(train) == p.n_train_pairs and len(held_out) == p.n_eval_pairs
     assert not {r["prompt"] for r in train} & {r["prompt"] for r in held_out}
+
+
+def test_validation_records_are_their_own_split(p):
+    val = ex.validation_records(p)
+    assert len(val) == p.n_val_pairs and all(r["id"].startswith("validation-") for r in val)
+    others = {r["prompt"] for r in ex.train_records(p) + ex.eval_records(p)}
+    assert not {r["prompt"] for r in val} & others
+
+
+def test_shuffled_records_reverse_exactly_half_and_keep_the_texts(p):
+    train = ex.train_records(p)
+    shuffled = ex.shuffled_records(train, p.seed)
+    flipped = [s["chosen"] == r["rejected"] and s["rejected"] == r["chosen"] for r, s in zip(train, shuffled)]
+    kept = [s["chosen"] == r["chosen"] and s["rejected"] == r["rejected"] for r, s in zip(train, shuffled)]
+    assert sum(flipped) == len(train) // 2 and all(f != k for f, k in zip(flipped, kept))
+    assert all(s["prompt"] == r["prompt"] and "errors" not in s for r, s in zip(train, shuffled))
+    assert ex.shuffled_records(train, p.seed) == shuffled and ex.shuffled_records(train, p.seed + 1) != shuffled
+
+
+def test_control_runs_start_from_sft_and_save_like_dpo(p):
+    p = dataclasses.replace(p, control_steps=2)
+    for name, stage in ex.CONTROL_STAGES.items():
+        steps = ex.checkpoint_steps(stage, p)
+        assert steps == [2], (name, steps)
+        assert ex.run_info(stage, p)["steps"] == 2
+        model, _ = ex.control_model(name, p=p)
+        assert not torch.equal(_weights(model), _weights(ex.sft_model(p)[0]))  # it trained
+    shuffled = ex.history("dpo_shuffled", p)
+    assert abs(shuffled.loc[1, "loss"] - math.log(2)) < 1e-4  # from the SFT model, which is its reference
+    assert "rewards/chosen" not in ex.history("sft_continued", p)  # an SFT loss, not a preference
+    with pytest.raises(ValueError, match="choose one of continued_sft, shuffled_dpo"):
+        ex.control_model("ppo", p=p)
+    assert ex.pairs_seen(3, p) == 3 * p.dpo_batch_size
