@@ -69,13 +69,14 @@ def train_records(p: ExperimentPreset | None = None) -> list[dict]:
     return validate_records(synthetic_tldr(p.n_train_pairs, seed=p.seed, split="train"))
 
 
-def validation_records(p: ExperimentPreset | None = None) -> list[dict]:
+def validation_records(p: ExperimentPreset | None = None, kinds=None) -> list[dict]:
     """Pairs of the ``validation`` split (new values, the training families and templates): where a chapter
-    chooses a checkpoint, so that the test pairs it reports on never choose anything."""
+    chooses a checkpoint, so that the test pairs it reports on never choose anything. ``kinds``: as in
+    :func:`qstar_lib.data.synthetic_tldr`."""
     from qstar_lib.data import synthetic_tldr, validate_records
 
     p = _p(p)
-    return validate_records(synthetic_tldr(p.n_val_pairs, seed=p.seed, split="validation"))
+    return validate_records(synthetic_tldr(p.n_val_pairs, seed=p.seed, split="validation", kinds=kinds))
 
 
 def shuffled_records(records: list[dict], seed: int) -> list[dict]:
@@ -93,12 +94,13 @@ def shuffled_records(records: list[dict], seed: int) -> list[dict]:
     return out
 
 
-def eval_records(p: ExperimentPreset | None = None) -> list[dict]:
-    """Held-out pairs (split ``test``: no prompt in common with the training pairs)."""
+def eval_records(p: ExperimentPreset | None = None, kinds=None) -> list[dict]:
+    """Held-out pairs (split ``test``: held-out families and templates, no prompt in common with the
+    training pairs). ``kinds``: as in :func:`qstar_lib.data.synthetic_tldr`."""
     from qstar_lib.data import synthetic_tldr, validate_records
 
     p = _p(p)
-    return validate_records(synthetic_tldr(p.n_eval_pairs, seed=p.seed, split="test"))
+    return validate_records(synthetic_tldr(p.n_eval_pairs, seed=p.seed, split="test", kinds=kinds))
 
 
 # ----------------------------------------------------------------------------- configs

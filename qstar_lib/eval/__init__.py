@@ -27,6 +27,8 @@ _EXPORTS = {
     "stitching_rate": "credit",
     "top1_localisation": "credit",
     "where_is_the_minimum": "credit",
+    "localisation_curve": "credit_curve",
+    "method_table": "credit_curve",
     "CI": "credit_table",
     "SINGLE_KINDS": "credit_table",
     "TABLE_KINDS": "credit_table",
