@@ -189,12 +189,16 @@ def test_sft_dpo_resume_and_score_end_to_end(tiny_folder, data_file, tmp_path):
                 "--max-length",
                 "64",
                 "--disable-tqdm",
+                "--html",
+                str(tmp_path / "report.html"),
             ]
         )
         == 0
     )
     rows = _jsonl(out)
     assert len(rows) == 8
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert page.count('class="pair"') == 8 and "qstarSort" in page and "http" not in page  # self-contained
     row = rows[0]
     assert len(row["chosen_rewards"]) == len(row["chosen_tokens"]) == len(row["chosen_ids"])
     assert row["chosen_reward"] == pytest.approx(sum(row["chosen_rewards"]), abs=1e-5)  # eq. 10 sums to the reward

@@ -473,14 +473,15 @@ def test_log_ratio_is_the_difference_of_two_models_logps():
 def test_gap_concentration_known_numbers():
     from qstar_lib.eval.report import gap_concentration, gap_share_curve
 
-    # contributions: chosen +3, +1, 0; rejected -(-1) = +1, -(0) = 0 -> gap 5; 80% = 4 needs 2 of 5 tokens
+    # |contributions|: chosen 3, 1, 0; rejected |-(-1)| = 1, 0 -> total 5; 80% = 4 needs 2 of 5 tokens
     row = {"chosen_rewards": [3.0, 1.0, 0.0], "rejected_rewards": [-1.0, 0.0]}
     flat = {"chosen_rewards": [1.0] * 4, "rejected_rewards": [-1.0] * 4}  # even: 6.4 of 8 needs 7 tokens
-    worse = {"chosen_rewards": [0.0], "rejected_rewards": [1.0]}  # gap < 0: left out
-    np.testing.assert_allclose(gap_concentration([row, flat, worse]), [2 / 5, 7 / 8])
-    x, y, n = gap_share_curve([row, flat, worse])
-    assert n == 2 and y[0] == 0.0 and y[-1] == pytest.approx(1.0) and np.all(np.diff(y) >= -1e-12)
-    assert y[np.searchsorted(x, 0.2)] == pytest.approx((3 / 5 + 0.2) / 2)
+    worse = {"chosen_rewards": [0.0], "rejected_rewards": [1.0]}  # one token carries it all (sign ignored)
+    zero = {"chosen_rewards": [0.0], "rejected_rewards": [0.0]}  # policy == reference: left out
+    np.testing.assert_allclose(gap_concentration([row, flat, worse, zero]), [2 / 5, 7 / 8, 1 / 2])
+    x, y, n = gap_share_curve([row, flat, worse, zero])
+    assert n == 3 and y[0] == 0.0 and y[-1] == pytest.approx(1.0) and np.all(np.diff(y) >= -1e-12)
+    assert y[np.searchsorted(x, 0.2)] == pytest.approx((0.6 + 0.2 + 0.4) / 3)
 
 
 def test_html_report_is_self_contained(tiny_scored):

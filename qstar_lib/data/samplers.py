@@ -154,9 +154,18 @@ def _sample_college(rng, style):
 def _sample_pets(rng, style):
     old, new = rng.sample(PET_NAMES, 2)
     vet, savings = _distinct(rng, lambda: rng.randrange(300, 4001, 50), 2)
+    trainer = rng.choice([v for v in range(150, 1201, 25) if v not in (vet, savings)])
     old_age = rng.randint(9, 15)
     pup_weeks = rng.choice([w for w in range(8, 17) if w != old_age])
-    return dict(old_dog=old, new_pup=new, old_age=old_age, pup_weeks=pup_weeks, vet_bill=vet, savings=savings)
+    return dict(
+        old_dog=old,
+        new_pup=new,
+        old_age=old_age,
+        pup_weeks=pup_weeks,
+        vet_bill=vet,
+        savings=savings,
+        trainer_fee=trainer,
+    )
 
 
 def _sample_travel(rng, style):

@@ -40,19 +40,21 @@ def _contributions(row: Mapping) -> np.ndarray:
 
 
 def gap_share_curve(scored: Sequence[Mapping], grid: int = 101) -> tuple[np.ndarray, np.ndarray, int]:
-    """The mean "share of the reward gap carried by the top x of tokens" curve over the pairs whose gap is
-    positive: tokens of both summaries sorted by their contribution (largest first), x = share of tokens,
-    y = cumulative contribution / gap. Returns (x, y, pairs used); a curve that rises at once means a few
-    tokens carry the gap, the diagonal means it is spread evenly."""
+    """The mean "share of the reward gap carried by the top x of tokens" curve over the pairs: each token's
+    contribution to the gap (a chosen token's reward, minus a rejected token's) taken in absolute value and
+    sorted largest first; x = share of tokens, y = cumulative |contribution| / total. Absolute values keep
+    y in [0, 1] when contributions of both signs cancel (a signed cumulative sum can pass 100% of the gap
+    at the first token). Returns (x, y, pairs used); pairs whose rewards are all 0 are left out. A curve
+    that rises at once means a few tokens carry the gap; the diagonal means it is spread evenly."""
     xs = np.linspace(0.0, 1.0, grid)  # (G,)
     curves = []
     for row in scored:
-        c = np.sort(_contributions(row))[::-1]
-        gap = c.sum()
-        if gap <= 0 or not len(c):
+        c = np.sort(np.abs(_contributions(row)))[::-1]
+        total = c.sum()
+        if total <= 0:
             continue
         x = np.arange(len(c) + 1) / len(c)  # (T + 1,)
-        y = np.concatenate([[0.0], np.cumsum(c)]) / gap  # (T + 1,)
+        y = np.concatenate([[0.0], np.cumsum(c)]) / total  # (T + 1,)
         curves.append(np.interp(xs, x, y))
     if not curves:
         return xs, np.full(grid, np.nan), 0
@@ -60,14 +62,15 @@ def gap_share_curve(scored: Sequence[Mapping], grid: int = 101) -> tuple[np.ndar
 
 
 def gap_concentration(scored: Sequence[Mapping], share: float = 0.8) -> np.ndarray:
-    """Per pair with a positive gap, the smallest share of its tokens (chosen and rejected, largest
-    contributions first) whose contributions add up to ``share`` of the gap. (N,) floats."""
+    """Per pair (rewards not all 0), the smallest share of its tokens, chosen and rejected, largest
+    |contribution| first, that carries ``share`` of the pair's total |contribution| to the reward gap.
+    (N,) floats; 1/T would be one token, ``share`` an even spread."""
     out = []
     for row in scored:
-        c = np.sort(_contributions(row))[::-1]
-        gap = c.sum()
-        if gap > 0 and len(c):
-            k = int(np.searchsorted(np.cumsum(c), share * gap - 1e-12)) + 1
+        c = np.sort(np.abs(_contributions(row)))[::-1]
+        total = c.sum()
+        if total > 0:
+            k = int(np.searchsorted(np.cumsum(c), share * total - 1e-12)) + 1
             out.append(min(k, len(c)) / len(c))
     return np.asarray(out)
 
