@@ -489,36 +489,36 @@ def test_to_hf_dataset_and_jsonl_round_trip(tmp_path, train):
 
 
 # ---------------------------------------------------------------------------------------------------
-# The families as data (qstar_lib/data/families/*.json): same records as the old in-code tables
+# The families as data (qstar_lib/data/families/*.json): the published records, pinned
 # ---------------------------------------------------------------------------------------------------
-# sha256 of json.dumps(records, sort_keys=True), computed with the tree from before the families became
-# JSON files (FAMILY_TEXTS in data_synthetic.py). A change here is a change of the published data set.
+# sha256 of json.dumps(records, sort_keys=True) for data v2 (2026-12-02: 16 families, held-out families and
+# templates, shortcut-free errors). A change here is a change of the published data set: bump DATA_VERSION.
 SYNTHETIC_DIGESTS = {
-    (0, "train", None, None): "93d3f73e8cd8c5cd510269ffd2c78fef32923869b5e4befb6e86eb998589bf85",
-    (0, "validation", None, None): "9abf8af528f4750ae2f641682e6f3317514c284a944af0f80f9983d793a9c53d",
-    (0, "test", None, None): "541d00c3e4198cd5615ac9425b49ceccc75796578b3c76c5e95b8abf6dfdf0b0",
-    (1, "train", None, None): "09c9a922f6957bde79821d46cb30d0066738cf44a7a6833b2fee984895b057c8",
-    (7, "test", None, None): "d0a0a05fd2f7a5fea54bef3acb48db6927af30e53c5cb8267a939b86e516966a",
+    (0, "train", None, None): "d2d12a6756632eeb9903994e5ec21d3cfc22215d3e2a204b72166102b1d2bb27",
+    (0, "validation", None, None): "616d573aef94a0b086a62f6c864024ebf0e5d988b26cff30c12118705ceb05ed",
+    (0, "test", None, None): "8c1e1d8ba5712537ba472d5745ee71e4c13d63697bce05c43db9fbf35a05b800",
+    (1, "train", None, None): "8f378b2167ae07438c8df1cee6397307599a5e947c661319c770eea32936342a",
+    (7, "test", None, None): "53b56187d7110d03591cacab405caa7f93a800fcba8aa89462f36187de5a4c7d",
     (
         3,
         "train",
         ("in_post_swap", "omission"),
         None,
-    ): "97b953945f100a41f4290def227cec6a8312edca036636ff2f12795ce113ce31",
+    ): "cf40cd515a5f74af42e4d9ef23b1281decd159505283c5ec0bb4a2337b97f3bf",
     (
         4,
         "validation",
         (("two_errors", 2.0), ("verbosity", 1.0), ("absent_value", 1.0)),
         None,
-    ): "c4a32682297f72b6f1b95229b75836430ea18788ea97bb908da2c0ec563609d0",
+    ): "8ac6373aa6f55b58523306069d50e6c1be83a99ed13263088be35a3719630f4a",
     (
         5,
         "train",
         None,
         ("job_offer", "pets", "travel_budget"),
-    ): "0f29c103d467e54d0cc65cc40ffecbf2095fdeb620dd1ff2a5d90c713b7e1c3d",
+    ): "5de9a1bd986dfcea8aae5f35f788f691fd6f12cba5dc7369052bdd8027cd1fa2",
 }
-FIG1_DIGEST = "5427d38a16db1fd79964aba7c5c5e09b58bd46a38d6bf6818a571a3b5cb30d58"
+FIG1_DIGEST = "74993038f491c429454af3e563defe2a3893685148008a318a63e8c5b5b9ed1d"
 
 
 def _sha256(obj) -> str:
@@ -532,14 +532,14 @@ def _sha256(obj) -> str:
     list(SYNTHETIC_DIGESTS),
     ids=lambda c: f"seed{c[0]}-{c[1]}" + "-kinds" * bool(c[2]) + "-families" * bool(c[3]),
 )
-def test_synthetic_records_are_byte_identical_to_the_in_code_families(case):
+def test_synthetic_records_are_pinned_by_digest(case):
     seed, split, kinds, families = case
     kinds = dict(kinds) if kinds and isinstance(kinds[0], tuple) else list(kinds) if kinds else None
     recs = synthetic_tldr(1000, seed=seed, split=split, kinds=kinds, families=list(families) if families else None)
     assert _sha256(recs) == SYNTHETIC_DIGESTS[case]
 
 
-def test_fig1_example_is_unchanged_by_the_family_files():
+def test_fig1_example_is_pinned_by_digest():
     assert _sha256(fig1_example()) == FIG1_DIGEST
 
 

@@ -235,6 +235,24 @@ def _read_claim(f: _File, obj: Any, key: str) -> tuple[str, str]:
     return text, phrase
 
 
+def _check_swappable(f: _File, key: str, text: str, slots: dict[str, Slot]) -> None:
+    """Data v2's rule for a summary: some value type occurs twice in it, and one of those slots has a partner
+    of the same type and another role that the summary does not write (what an in-post swap puts in)."""
+    in_summary = [s for s in _fields(text) if s in slots]
+    for s in in_summary:
+        same = [o for o in in_summary if slots[o].type == slots[s].type]
+        partners = [
+            o
+            for o, sl in slots.items()
+            if o not in in_summary
+            and sl.type == slots[s].type
+            and (sl.cues, sl.after) != (slots[s].cues, slots[s].after)
+        ]
+        if len(same) >= 2 and partners:
+            return
+    f.fail(key, "no in-post swap possible: no value type occurs twice with a same-type post slot left out")
+
+
 def _list(f: _File, obj: Any, key: str) -> list:
     if not isinstance(obj, list) or not obj:
         f.fail(key, "expected a non-empty list")
@@ -277,6 +295,10 @@ def read_family(name: str, raw: str | None = None) -> dict:
     drawn = SAMPLERS[name](random.Random(name), dict(STYLES[0])) if name in SAMPLERS else None
     if drawn is not None and set(drawn) != set(slots):
         f.fail("slots", f"the sampler draws {', '.join(drawn)}; the file declares {', '.join(slots)}")
+    for i, summ in enumerate(summaries):
+        _check_swappable(f, f"summaries[{i}].text", summ.text, slots)
+    if len(claims) < len(CLAIM_SPLITS):
+        f.fail("claims", f"{len(claims)} claims; data v2 needs at least one per split ({len(CLAIM_SPLITS)})")
     return dict(
         subreddits=f.strings(obj["subreddits"], "subreddits"),
         slots=slots,

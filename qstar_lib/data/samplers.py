@@ -121,7 +121,11 @@ def _sample_relationship(rng, style):
     partner, other = rng.sample(p_names, 1)[0], rng.choice(MALE_NAMES + FEMALE_NAMES)
     while other == partner:
         other = rng.choice(MALE_NAMES + FEMALE_NAMES)
-    return dict(my_age=me, partner_age=partner_age, partner=partner, other=other, years=rng.randint(2, 9))
+    cousin = rng.choice(p_names)  # the partner's gender: a partner/cousin swap is not given away by it
+    while cousin in (partner, other):
+        cousin = rng.choice(p_names)
+    years = rng.randint(2, 9)
+    return dict(my_age=me, partner_age=partner_age, partner=partner, other=other, years=years, cousin=cousin)
 
 
 def _sample_fitness(rng, style):
