@@ -11,7 +11,7 @@ Examples::
     python -m qstar_lib sft --model smollm2-135m --data data/train.jsonl --output-dir runs/sft --max-steps 200
     python -m qstar_lib dpo --model runs/sft/checkpoint-200 --data data/train.jsonl --output-dir runs/dpo --paper
     python -m qstar_lib score --model runs/dpo/checkpoint-500 --ref-model runs/sft/checkpoint-200 \\
-        --data data/test.jsonl --out runs/dpo/rewards.jsonl
+        --data data/test.jsonl --out runs/dpo/rewards.jsonl --html runs/dpo/report.html
 
 Size exception: build_parser -- one add_argument per flag, declared in one place so --help and the code read alike
 """
