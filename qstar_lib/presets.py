@@ -53,11 +53,13 @@ def preset(scale_name: str | None = None) -> ExperimentPreset:
     - ``ci``: the random tiny model on 32 pairs, 10 steps per run; the three runs take seconds on 2 cores.
     - ``cpu``: SmolLM2-135M-Instruct, sized from step costs measured on 2 cores of an AMD EPYC (AVX2 only,
       no native bf16; fp32): about 18 s per DPO step of 4 pairs (shared prompt, ~280 tokens a pair), an SFT
-      step of 8 sequences about as much, 0.6 s per pair of log-probs. 20 SFT steps (160 of the 256 chosen
+      step of 8 sequences 70 s while another process held one core (2026-12-02; not yet timed alone), 0.6 s
+      per pair of log-probs. 20 SFT steps (160 of the 256 chosen
       summaries, lr 2e-5); DPO from SFT for 64 steps of 4 pairs (256 pairs seen, lr 1e-5), a checkpoint every
-      16 steps (64, 128, 192, 256 pairs: the credit-vs-pairs curve); the two control runs for 32 steps (128
-      pairs; the chapter compares at equal pairs seen); 128 test and 64 validation pairs. About 8 + 19 + 2 x
-      8 min of training. (The cpu-book issue asks for 4-8x more; its levers are not built yet.)
+      16 steps (64, 128, 192, 256 pairs: the credit-vs-pairs curve); the two control runs as long, on the
+      same pairs (equal pairs seen at every checkpoint); 128 test and 64 validation pairs. Estimated 20 + 3 x 19
+      min of training plus 19 for DPO without SFT; this preset has not been run yet. (The cpu-book issue asks for 4-8x more pairs; its levers are
+      not built yet.)
     - ``gpu``: the same model on ten times the data and steps.
     """
     return scale.pick(
@@ -91,7 +93,6 @@ def preset(scale_name: str | None = None) -> ExperimentPreset:
             save_steps=16,
             seed=0,
             n_val_pairs=64,
-            control_steps=32,
         ),
         gpu=ExperimentPreset(
             model_name="smollm2-135m",

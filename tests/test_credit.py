@@ -458,6 +458,10 @@ def test_held_out_subsets_select_their_records(tiny_tokenizer):
     for flag in ("heldout_family", "heldout_template"):
         df = credit_table(methods, targets, kinds=["in_post_swap"], subset=flag)
         assert df.loc["dpo_reward", ("in_post_swap", "n")] == sum(r[flag] for r in records) > 0
+    seen = credit_table(methods, targets, kinds=["in_post_swap"], subset="seen_template")
+    assert seen.loc["dpo_reward", ("in_post_swap", "n")] == sum(not r["heldout_template"] for r in records) > 0
+    with pytest.raises(ValueError, match="subset='new'"):
+        credit_table(methods, targets, kinds=["in_post_swap"], subset="new")
 
 
 def test_log_ratio_is_the_difference_of_two_models_logps():
@@ -482,6 +486,14 @@ def test_gap_concentration_known_numbers():
     x, y, n = gap_share_curve([row, flat, worse, zero])
     assert n == 3 and y[0] == 0.0 and y[-1] == pytest.approx(1.0) and np.all(np.diff(y) >= -1e-12)
     assert y[np.searchsorted(x, 0.2)] == pytest.approx((0.6 + 0.2 + 0.4) / 3)
+    # a shared opening token (same id on both sides) cancels in the gap and is left out
+    shared = {
+        "chosen_rewards": [2.0, 4.0],
+        "rejected_rewards": [2.0, 0.5],
+        "chosen_ids": [7, 1],
+        "rejected_ids": [7, 2],
+    }
+    np.testing.assert_allclose(gap_concentration([shared]), [1 / 2])  # 4 of 4.5 >= 80%: one of the two tokens
 
 
 def test_html_report_is_self_contained(tiny_scored):

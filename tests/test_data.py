@@ -494,29 +494,29 @@ def test_to_hf_dataset_and_jsonl_round_trip(tmp_path, train):
 # sha256 of json.dumps(records, sort_keys=True) for data v2 (2026-12-02: 16 families, held-out families and
 # templates, shortcut-free errors). A change here is a change of the published data set: bump DATA_VERSION.
 SYNTHETIC_DIGESTS = {
-    (0, "train", None, None): "d2d12a6756632eeb9903994e5ec21d3cfc22215d3e2a204b72166102b1d2bb27",
-    (0, "validation", None, None): "616d573aef94a0b086a62f6c864024ebf0e5d988b26cff30c12118705ceb05ed",
-    (0, "test", None, None): "8c1e1d8ba5712537ba472d5745ee71e4c13d63697bce05c43db9fbf35a05b800",
-    (1, "train", None, None): "8f378b2167ae07438c8df1cee6397307599a5e947c661319c770eea32936342a",
-    (7, "test", None, None): "53b56187d7110d03591cacab405caa7f93a800fcba8aa89462f36187de5a4c7d",
+    (0, "train", None, None): "b0bd2e9aaa56afd1321d3d4a74d35b3b7e8a03d13576a78c3581bdf86017f3b3",
+    (0, "validation", None, None): "26088a03c6e826012fc47e956ce7434916d59165d5121b3e34ba63da037bd056",
+    (0, "test", None, None): "8a952983586febc333c5d693b6249045c46b5ac46f54b1e6fe6a42ea9225a447",
+    (1, "train", None, None): "57bf0eca646df787c80af5b527dad0c944d1cb82419fc37b05016511a89cff68",
+    (7, "test", None, None): "58ff8cdf042e8a28e5a9653d890e9538ed4898cbc53aff04744b3ba8baf912d8",
     (
         3,
         "train",
         ("in_post_swap", "omission"),
         None,
-    ): "cf40cd515a5f74af42e4d9ef23b1281decd159505283c5ec0bb4a2337b97f3bf",
+    ): "65183b8698a67ccf0a384ef9f471b106ede9e8e92f34e85cf8788830c6e55234",
     (
         4,
         "validation",
         (("two_errors", 2.0), ("verbosity", 1.0), ("absent_value", 1.0)),
         None,
-    ): "8ac6373aa6f55b58523306069d50e6c1be83a99ed13263088be35a3719630f4a",
+    ): "5b4fcb844912967c7da44ca9e29259434e095bcecb2d09c25bacd5616563a8bb",
     (
         5,
         "train",
         None,
         ("job_offer", "pets", "travel_budget"),
-    ): "5de9a1bd986dfcea8aae5f35f788f691fd6f12cba5dc7369052bdd8027cd1fa2",
+    ): "29559e7280beececb02ec134923a0db34b0926ffe844a648cd3b35babad09710",
 }
 FIG1_DIGEST = "74993038f491c429454af3e563defe2a3893685148008a318a63e8c5b5b9ed1d"
 
@@ -697,7 +697,7 @@ def test_the_test_split_holds_out_families_and_templates(v2):
         new = r["templates"]["post"] in fam.heldout_posts() or r["templates"]["summary"] in fam.heldout_summaries()
         assert r["heldout_template"] == (r["heldout_family"] or new)
     seen = [r for r in test if not r["heldout_family"]]
-    assert 0.3 <= sum(r["heldout_template"] for r in seen) / len(seen) < 1
+    assert 0.4 <= sum(r["heldout_template"] for r in seen) / len(seen) <= 0.6  # half new text, half seen
     for fam in FAMILIES.values():  # at least 30% of the templates are held out
         assert len(fam.heldout_posts()) >= 0.3 * len(fam.posts) and len(fam.heldout_summaries()) >= 0.3 * len(
             fam.summaries

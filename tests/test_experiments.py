@@ -55,6 +55,7 @@ def test_presets_per_scale():
     saved = {ex.pairs_seen(s, cpu) for s in range(cpu.save_steps, cpu.dpo_steps + 1, cpu.save_steps)}
     assert len(saved) >= 4 and {128, 256} <= saved  # the credit-vs-pairs curve: checkpoints at 128, 256, ...
     assert cpu.n_train_pairs >= cpu.dpo_steps * cpu.dpo_batch_size  # each DPO pair seen once
+    assert (cpu.control_steps or cpu.dpo_steps) == cpu.dpo_steps  # controls see as many pairs as DPO
     assert cpu.key() != dataclasses.replace(cpu, seed=1).key()  # any field changes the cache folder
     with pytest.raises(dataclasses.FrozenInstanceError):
         cpu.seed = 1

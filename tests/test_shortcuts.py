@@ -49,6 +49,13 @@ def test_every_no_model_baseline_stays_near_chance_on_in_post_swaps(audit):
         assert swaps.loc[name, "auroc_first"] <= BOUND, (name, swaps.loc[name, "auroc_first"])
 
 
+def test_a_rule_that_reads_roles_finds_swaps(audit):
+    """The task is solvable by reading roles: a string rule comparing the words before each value in the
+    summary and in the post finds the swaps (so the benchmark asks a real question, and the DPO reward has
+    a no-model reader to beat, not only chance)."""
+    assert audit.loc["context_mismatch", ("in_post_swap", "auroc_rec")] >= 0.55
+
+
 def test_the_audit_fails_on_data_with_the_v1_shortcut(splits, tokenizer):
     """Write the swapped-in value a second time (outside the candidate values), as v1 often did: the
     repetition rule and the fitted regression must then find the swaps far above the bound."""

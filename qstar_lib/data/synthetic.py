@@ -62,6 +62,7 @@ SPLITS = ("train", "validation", "test")
 DATA_VERSION = 2  # every record says which version of this generator wrote it (field ``version``)
 HELDOUT_FAMILIES = ("rent_increase", "travel_budget")  # whole families only the test split contains
 TEST_HELDOUT_FAMILY_SHARE = 0.5  # share of test records drawn from the held-out families
+TEST_HELDOUT_TEMPLATE_SHARE = 0.5  # share of the other test records with a held-out post or summary template
 
 PROMPT_TEMPLATE = "SUBREDDIT: r/{subreddit}\n\nTITLE: {title}\n\nPOST: {post}\n\nTL;DR:"
 
@@ -336,19 +337,24 @@ def _family_lists(split: str, families: Sequence[str] | None) -> tuple[list[str]
     return seen, held
 
 
-def _draw_choice(rng: random.Random, split: str, seen: list[str], held: list[str], pair_kind: str) -> _Choice:
+def _draw_choice(
+    rng: random.Random, split: str, seen: list[str], held: list[str], pair_kind: str, coins: tuple[float, float]
+) -> _Choice:
     """Family and templates of one record. Train and validation use only the templates the test split does
-    not hold out; the test split draws any template, and half its records come from held-out families."""
-    heldout_family = bool(held) and (not seen or rng.random() < TEST_HELDOUT_FAMILY_SHARE)
+    not hold out. Half the test records come from held-out families; of the others, half have a held-out
+    post or summary template and half only seen ones (a seen-text test record still needs its prompt's hash
+    to say "test", so without this draw the held-out templates would crowd out the seen ones)."""
+    heldout_family = bool(held) and (not seen or coins[0] < TEST_HELDOUT_FAMILY_SHARE)
     fam = FAMILIES[rng.choice(held if heldout_family else seen)]
     style = draw_style(rng)
     values = fam.sample(rng, style)
     subreddit, title = rng.choice(fam.subreddits), rng.randrange(len(fam.titles))
-    if split == "test":
-        post, summary = rng.randrange(len(fam.posts)), rng.randrange(len(fam.summaries))
-    else:
-        post = rng.choice([i for i in range(len(fam.posts)) if i not in fam.heldout_posts()])
-        summary = rng.choice([i for i in range(len(fam.summaries)) if i not in fam.heldout_summaries()])
+    seen_posts = [i for i in range(len(fam.posts)) if i not in fam.heldout_posts()]
+    seen_summaries = [i for i in range(len(fam.summaries)) if i not in fam.heldout_summaries()]
+    post, summary = rng.choice(seen_posts), rng.choice(seen_summaries)
+    if split == "test" and (heldout_family or coins[1] < TEST_HELDOUT_TEMPLATE_SHARE):
+        while post in seen_posts and summary in seen_summaries:  # any pair with a template no other split uses
+            post, summary = rng.randrange(len(fam.posts)), rng.randrange(len(fam.summaries))
     new_text = heldout_family or post in fam.heldout_posts() or summary in fam.heldout_summaries()
     return _Choice(
         fam.name, values, style, subreddit, title, post, summary, pair_kind=pair_kind,
@@ -373,6 +379,7 @@ def generate(
     plan = _mix_counts(n, _resolve_kinds(kinds))
     rng.shuffle(plan)
     want, seen, records = SPLITS.index(split), set(), []
+    coins: tuple[float, float] | None = None
     attempts = 0
     while len(records) < n:
         attempts += 1
@@ -382,7 +389,9 @@ def generate(
                 f"kinds={kinds!r}, families={families!r} cannot be satisfied"
             )
         pair_kind = plan[len(records)]
-        ch = _draw_choice(rng, split, seen_fams, held_fams, pair_kind)
+        if coins is None:  # drawn once per record, not per attempt: the shares hold whatever gets redrawn
+            coins = (rng.random(), rng.random())
+        ch = _draw_choice(rng, split, seen_fams, held_fams, pair_kind, coins)
         fam = FAMILIES[ch.family]
         prompt, post_values = _prompt(fam, ch)
         if prompt in seen or (not ch.heldout_template and _split_of(prompt) != want):
@@ -403,6 +412,7 @@ def generate(
                 continue  # this template cannot carry that error: draw again
         seen.add(prompt)
         records.append(_build(ch, f"{split}-{len(records):06d}", prompt, post_values))
+        coins = None
     return records
 
 

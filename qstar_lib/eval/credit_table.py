@@ -37,6 +37,9 @@ __all__ = ["CI", "SINGLE_KINDS", "TABLE_KINDS", "credit_report", "credit_table",
 #: Single-error pair kinds of the synthetic set (one localised error each): :data:`qstar_lib.data.LOCALISED_KINDS`
 #: with the in-post swap, the kind only preference training can flag, last (the tables' column order).
 SINGLE_KINDS = tuple(sorted(LOCALISED_KINDS, key=lambda kind: kind == "in_post_swap"))
+#: Record subsets of :func:`credit_table` (data v2 flags): held-out families, any held-out template (held-out
+#: families included), and the test records whose family and templates training also uses.
+SUBSETS = ("heldout_family", "heldout_template", "seen_template")
 #: Column groups of :func:`credit_table`: the single-error kinds, the two-error pairs, and all localised pairs.
 TABLE_KINDS = SINGLE_KINDS + ("two_errors", "all")
 
@@ -140,8 +143,11 @@ def _mean_ci(values: np.ndarray, n_boot: int, seed: int) -> tuple[float, float, 
 
 
 def _group(targets: Sequence[dict], kind: str, subset: str | None = None) -> list[int]:
-    if subset is not None:  # only the records that hold out a family / a template (flags of data v2)
-        keep = [i for i, t in enumerate(targets) if t[subset]]
+    if subset is not None:  # the records that hold out a family / a template, or whose text is all seen
+        if subset not in SUBSETS:
+            raise ValueError(f"subset={subset!r}; choose one of {', '.join(SUBSETS)}")
+        flag = "heldout_template" if subset == "seen_template" else subset
+        keep = [i for i, t in enumerate(targets) if t[flag] != (subset == "seen_template")]
         return [keep[j] for j in _group([targets[i] for i in keep], kind)]
     if kind == "all":
         return [i for i, t in enumerate(targets) if t["labels"].any()]
@@ -165,11 +171,12 @@ def _cell(
     Returns the cell and this method's per-record AUROCs."""
     labs = [t["labels"] for t in cell_targets]
     metrics = ["n", "n_err_tokens", "auroc_rec", "auroc_rec_lo", "auroc_rec_hi", "auroc_first", "auroc"]
-    metrics += ["top1", "top1_chance", "pair_acc", "delta_rec", "delta_rec_lo", "delta_rec_hi"]
+    metrics += ["top1", "top1_chance", "top1_all", "top1_all_chance", "pair_acc"]
+    metrics += ["delta_rec", "delta_rec_lo", "delta_rec_hi"]
     if kind == "two_errors":
         metrics += ["stitching", "stitching_chance", "stitching_k2", "stitching_top5"]
     if n_boot:
-        metrics += ["auroc_lo", "auroc_hi", "top1_lo", "top1_hi"]
+        metrics += ["auroc_lo", "auroc_hi", "top1_all_lo", "top1_all_hi"]
     cell = dict.fromkeys(metrics, math.nan)
     cell["n"], cell["n_err_tokens"] = len(labs), int(sum(int(lab.sum()) for lab in labs))
     if not labs:
@@ -180,8 +187,13 @@ def _cell(
     first = per_record_auroc(sc, [t["first"] for t in cell_targets], [t["first_candidates"] for t in cell_targets])
     cell["auroc_first"] = float(np.nanmean(first)) if (~np.isnan(first)).any() else math.nan
     cell["auroc"] = error_token_auroc(sc, labs)
-    cell["top1"] = top1_localisation(sc, labs)
-    cell["top1_chance"] = float(np.mean([lab.mean() for lab in labs]))  # a constant score's top-1
+    cell["top1_all"] = top1_localisation(sc, labs)
+    cell["top1_all_chance"] = float(np.mean([lab.mean() for lab in labs]))
+    among = [(s[c.astype(bool)], lab[c.astype(bool)]) for (s, lab), c in zip(_pairs(sc, labs), cands)]
+    among = [(s, lab) for s, lab in among if lab.any()]
+    if among:  # the lowest *candidate* is an error; a constant score gets (errors) / (candidates)
+        cell["top1"] = top1_localisation([s for s, _ in among], [lab for _, lab in among])
+        cell["top1_chance"] = float(np.mean([lab.mean() for _, lab in among]))
     if reference is not None:
         cell["delta_rec"], cell["delta_rec_lo"], cell["delta_rec_hi"] = _mean_ci(reference - rec, n_boot, seed)
     if kind == "two_errors":
@@ -194,7 +206,7 @@ def _cell(
         cell["pair_acc"] = pair_accuracy(*pairs)
     if n_boot:
         a, t = _fast_bootstrap(_pairs(sc, labs, need_error=True), n_boot, seed)
-        cell.update(auroc_lo=a.lo, auroc_hi=a.hi, top1_lo=t.lo, top1_hi=t.hi)
+        cell.update(auroc_lo=a.lo, auroc_hi=a.hi, top1_all_lo=t.lo, top1_all_hi=t.hi)
     return cell, rec
 
 
@@ -234,17 +246,18 @@ def credit_table(
             ``two_errors`` the records with two errors; ``all`` every record with a labelled token.
         n_boot: when > 0, 95% percentile-bootstrap intervals over records: ``auroc_rec_lo/hi``,
             ``delta_rec_lo/hi`` (paired: the same resampled records for both methods) and
-            ``auroc_lo/auroc_hi/top1_lo/top1_hi`` (the same numbers as :func:`qstar_lib.stats.bootstrap_ci`
+            ``auroc_lo/auroc_hi/top1_all_lo/top1_all_hi`` (the same numbers as :func:`qstar_lib.stats.bootstrap_ci`
             with this ``seed``, in one matrix product).
         reference: the method the ``delta_rec`` columns compare with (None: no differences).
-        subset: ``"heldout_family"`` or ``"heldout_template"``: only the records with that flag (data v2).
+        subset: one of :data:`SUBSETS`: only those records (data v2 flags).
 
     Returns a ``pandas.DataFrame`` (index ``method``; columns a MultiIndex ``(kind, metric)``) with metrics
     ``n`` (records in the cell), ``n_err_tokens``, ``auroc_rec`` (the headline: the mean over records of the
     AUROC inside each record among its candidate tokens, :func:`qstar_lib.eval.credit.per_record_auroc`;
     chance 0.5), ``auroc_first`` (the same with only each error's first differing token as positive),
     ``auroc`` (pooled over all tokens of all records, :func:`error_token_auroc`; it also rewards scoring a
-    whole summary low), ``top1`` (:func:`top1_localisation`) and ``top1_chance`` (a constant score's),
+    whole summary low), ``top1`` (:func:`top1_localisation` among the candidates: the lowest candidate token
+    is an error) and ``top1_chance`` (a constant score's), ``top1_all`` (the lowest of all tokens) and ``top1_all_chance``,
     ``pair_acc`` (:func:`pair_accuracy`), ``delta_rec`` (reference minus this method, per record, averaged),
     and under ``two_errors`` also ``stitching`` (k = labelled tokens) with ``stitching_chance``,
     ``stitching_k2`` and ``stitching_top5``. A cell with no records is NaN with n = 0. Records with no

@@ -35,13 +35,22 @@ function qstarSort(key) {
 
 
 def _contributions(row: Mapping) -> np.ndarray:
-    """Each token's share of the pair's reward gap: the chosen tokens' rewards and minus the rejected ones'."""
-    return np.concatenate([np.asarray(row["chosen_rewards"]), -np.asarray(row["rejected_rewards"])])  # (Tc + Tr,)
+    """Each token's share of the pair's reward gap: the chosen tokens' rewards and minus the rejected ones',
+    after the tokens the two summaries share at their start (same state, same token, same reward: they
+    cancel exactly in the gap, and counted in absolute value they would count twice)."""
+    c, r = np.asarray(row["chosen_rewards"]), np.asarray(row["rejected_rewards"])
+    k = 0
+    if "chosen_ids" in row and "rejected_ids" in row:
+        a, b = list(row["chosen_ids"]), list(row["rejected_ids"])
+        while k < min(len(a), len(b)) and a[k] == b[k]:
+            k += 1
+    return np.concatenate([c[k:], -r[k:]])  # (Tc + Tr - 2k,)
 
 
 def gap_share_curve(scored: Sequence[Mapping], grid: int = 101) -> tuple[np.ndarray, np.ndarray, int]:
     """The mean "share of the reward gap carried by the top x of tokens" curve over the pairs: each token's
-    contribution to the gap (a chosen token's reward, minus a rejected token's) taken in absolute value and
+    contribution to the gap (a chosen token's reward, minus a rejected token's; the shared opening tokens,
+    which cancel, left out) taken in absolute value and
     sorted largest first; x = share of tokens, y = cumulative |contribution| / total. Absolute values keep
     y in [0, 1] when contributions of both signs cancel (a signed cumulative sum can pass 100% of the gap
     at the first token). Returns (x, y, pairs used); pairs whose rewards are all 0 are left out. A curve
@@ -51,7 +60,7 @@ def gap_share_curve(scored: Sequence[Mapping], grid: int = 101) -> tuple[np.ndar
     for row in scored:
         c = np.sort(np.abs(_contributions(row)))[::-1]
         total = c.sum()
-        if total <= 0:
+        if total <= 0 or not len(c):
             continue
         x = np.arange(len(c) + 1) / len(c)  # (T + 1,)
         y = np.concatenate([[0.0], np.cumsum(c)]) / total  # (T + 1,)
@@ -69,7 +78,7 @@ def gap_concentration(scored: Sequence[Mapping], share: float = 0.8) -> np.ndarr
     for row in scored:
         c = np.sort(np.abs(_contributions(row)))[::-1]
         total = c.sum()
-        if total > 0:
+        if total > 0 and len(c):
             k = int(np.searchsorted(np.cumsum(c), share * total - 1e-12)) + 1
             out.append(min(k, len(c)) / len(c))
     return np.asarray(out)

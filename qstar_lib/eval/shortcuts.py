@@ -11,7 +11,12 @@ reward's localisation it scores, like any method, four localisers that read no m
   not (inserted claims whose phrases reappear in the test split);
 - ``surface_lr``: a logistic regression on surface features of each token (:data:`FEATURES`: a digit,
   capitalised, relative position, repeated in the summary, in the post), fitted on the training split's
-  token labels.
+  candidate tokens.
+
+A fifth rule, ``context_mismatch`` (:data:`ROLE_READERS`), does what the benchmark asks by string matching:
+it compares the words before each summary value with the words before that value in the post. It is not a
+shortcut around reading roles but a reader of roles without a model, so it is held to no bound; the chapter
+reports it beside the DPO reward as the level a string reader reaches.
 
 Scores follow :mod:`qstar_lib.eval.credit` (one per token of the rejected completion, lower = more
 suspicious), so :func:`qstar_lib.eval.credit_table.credit_table` reads them like the DPO reward;
@@ -27,9 +32,26 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["FEATURES", "SHORTCUTS", "fit_surface_lr", "shortcut_audit", "shortcut_scores", "token_features"]
+__all__ = [
+    "FEATURES",
+    "ROLE_READERS",
+    "SHORTCUTS",
+    "context_mismatch",
+    "fit_surface_lr",
+    "shortcut_audit",
+    "shortcut_scores",
+    "token_features",
+]
 
 SHORTCUTS = ("absent_from_post", "repeated_value", "seen_in_train_rejects", "surface_lr")
+#: A rule that *reads roles*: it is the task solved by string matching, not a shortcut around it, so the
+#: 0.60 bound does not apply to it; the DPO reward is compared with it instead (:func:`context_mismatch`).
+ROLE_READERS = ("context_mismatch",)
+CONTEXT_WINDOW = 3  # content words before a value that say which role it plays ("offered 38k")
+_STOP = frozenset(
+    "a an the and or but of to in on at for from with by is was are were be been it its this that my our "
+    "i we he she they his her their me us them so as than then just about".split()
+)
 FEATURES = ("digit", "capitalised", "position", "repeated", "in_post")
 _WORD = re.compile(r"[A-Za-z0-9]+(?:[,.'&-][A-Za-z0-9]+)*")
 
@@ -77,17 +99,21 @@ def token_features(record: Mapping, tokenizer) -> np.ndarray:
     return np.asarray(rows, dtype=np.float64).reshape(T, len(FEATURES))  # (T, 5)
 
 
-def _labels(records: Sequence[Mapping], tokenizer) -> list[np.ndarray]:
-    from qstar_lib.lm.collate import planted_labels
-
-    return [np.asarray(planted_labels(r, tokenizer)["rejected_labels"], dtype=np.float64) for r in records]
-
-
 def fit_surface_lr(train_records: Sequence[Mapping], tokenizer, *, l2: float = 1e-3, iters: int = 25) -> np.ndarray:
     """Weights (bias first, then :data:`FEATURES`) of a logistic regression of "this token is a planted
-    error" on the surface features, fitted by Newton's method on the training split's tokens."""
-    X = np.concatenate([token_features(r, tokenizer) for r in train_records])  # (N, 5)
-    y = np.concatenate(_labels(train_records, tokenizer))  # (N,)
+    error" on the surface features, fitted by Newton's method on the training split's *candidate* tokens
+    (those the metric compares: the values of the error's type, every token for a claim)."""
+    from qstar_lib.lm.collate import planted_labels
+
+    rows = [planted_labels(r, tokenizer) for r in train_records]
+    keep = [  # the tokens a localiser chooses among (the metric's candidates), where it is scored
+        np.logical_or.reduce([np.asarray(c, bool) for c in row["rejected_candidates"]])
+        if row["rejected_candidates"]
+        else np.zeros(len(row["rejected_labels"]), bool)
+        for row in rows
+    ]
+    X = np.concatenate([token_features(r, tokenizer)[k] for r, k in zip(train_records, keep)])  # (N, 5)
+    y = np.concatenate([np.asarray(row["rejected_labels"], float)[k] for row, k in zip(rows, keep)])  # (N,)
     X = np.hstack([np.ones((len(X), 1)), X])  # (N, 6)
     w = np.zeros(X.shape[1])
     for _ in range(iters):
@@ -106,6 +132,43 @@ def _seen_reject_words(train_records: Sequence[Mapping]) -> set[str]:
     return planted - chosen
 
 
+def _contexts(text: str) -> dict[str, set[str]]:
+    """Each value-like word of ``text`` (normalised: "$45,000" and "45k" are one value) -> the content words
+    in the :data:`CONTEXT_WINDOW` words before any of its occurrences."""
+    from qstar_lib.data import normalise_number
+
+    words = [w for *_, w in _words(text)]
+    out: dict[str, set[str]] = {}
+    for i, w in enumerate(words):
+        if _value_like(w):
+            key = str(normalise_number(w) or w.lower())
+            before = [x.lower() for x in words[max(0, i - CONTEXT_WINDOW) : i]]
+            out.setdefault(key, set()).update(x for x in before if x.isalpha() and x not in _STOP)
+    return out
+
+
+def context_mismatch(record: Mapping, tokenizer) -> np.ndarray:
+    """A string rule that reads roles: a value of the summary whose preceding content words do not occur
+    before that value anywhere in the post is suspicious (score = minus the share of its summary context
+    words the post's contexts lack; -1 for a value absent from the post, 0 for other tokens). It finds
+    swaps without a model because the synthetic posts state each role with cue words near the value."""
+    from qstar_lib.data import normalise_number
+
+    post = _contexts(record["prompt"])
+    summary_words = [w for *_, w in _words(record["rejected"])]
+    ctx_of: dict[str, float] = {}
+    for i, w in enumerate(summary_words):
+        if _value_like(w):
+            key = str(normalise_number(w) or w.lower())
+            before = {x.lower() for x in summary_words[max(0, i - CONTEXT_WINDOW) : i]}
+            before = {x for x in before if x.isalpha() and x not in _STOP}
+            if key not in post:
+                ctx_of[w] = -1.0
+            else:
+                ctx_of[w] = -len(before - post[key]) / max(len(before), 1)
+    return np.array([ctx_of.get(w, 0.0) if w is not None else 0.0 for w in token_words(record["rejected"], tokenizer)])
+
+
 def shortcut_scores(
     records: Sequence[Mapping], tokenizer, train_records: Sequence[Mapping]
 ) -> dict[str, list[np.ndarray]]:
@@ -115,7 +178,7 @@ def shortcut_scores(
         raise ValueError("shortcut_scores: train_records is empty; the fitted baselines need the training split")
     w = fit_surface_lr(train_records, tokenizer)
     seen = _seen_reject_words(train_records)
-    out: dict[str, list[np.ndarray]] = {name: [] for name in SHORTCUTS}
+    out: dict[str, list[np.ndarray]] = {name: [] for name in SHORTCUTS + ROLE_READERS}
     for r in records:
         words = token_words(r["rejected"], tokenizer)
         F = token_features(r, tokenizer)  # (T, 5)
@@ -128,6 +191,7 @@ def shortcut_scores(
         )
         out["seen_in_train_rejects"].append(-np.array([float(x is not None and x.lower() in seen) for x in words]))
         out["surface_lr"].append(-(F @ w[1:] + w[0]))
+        out["context_mismatch"].append(context_mismatch(r, tokenizer))
     return out
 
 

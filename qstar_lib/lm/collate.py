@@ -143,7 +143,9 @@ def planted_labels(record: Mapping, tokenizer) -> dict:
 def _first_candidates(record: Mapping, error: Mapping, first: list[int], tokenizer) -> list[int]:
     """The candidates of the first-token metric: the error's first differing token and the *first* letter-or-
     digit token of every other value of the same type (comparing a value's first token with the digits that
-    follow another would read the position inside a value, not the value). Every token for a claim."""
+    follow another would read the position inside a value, not the value). Only errors that differ from
+    their first letter or digit on ("38k" -> "250k", not "41k" -> "45k") qualify; the others get no
+    candidate (left out of the metric). Every token for a claim."""
     from qstar_lib.data import token_labels
 
     text, values = record["rejected"], record.get("rejected_values")
@@ -151,6 +153,8 @@ def _first_candidates(record: Mapping, error: Mapping, first: list[int], tokeniz
         return [1] * len(first)
     offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     own = [v for v in values if v["slot"] == error["slot"]]
+    if own and error["start"] > next((i for i in range(own[0]["start"], own[0]["end"]) if text[i].isalnum()), -1):
+        return [0] * len(first)  # the error starts inside its value ("41k" -> "45k"): no like-for-like first token
     out = list(first)
     for v in values:
         if own and v["type"] == own[0]["type"] and v["slot"] != error["slot"]:
