@@ -163,3 +163,14 @@ def test_control_runs_start_from_sft_and_save_like_dpo(p):
     with pytest.raises(ValueError, match="choose one of continued_sft, shuffled_dpo"):
         ex.control_model("ppo", p=p)
     assert ex.pairs_seen(3, p) == 3 * p.dpo_batch_size
+
+
+def test_the_ci_preset_truncates_no_record():
+    """Every record the ci pipeline trains and evaluates on fits max_length (with its EOS): a cut record would
+    lose error tokens and print a truncation warning into the rendered book."""
+    from qstar_lib.lm.models import load_tokenizer
+
+    tok, p = load_tokenizer("tiny"), ex.preset("ci")
+    records = ex.train_records(p) + ex.eval_records(p) + ex.validation_records(p)
+    longest = max(len(tok(r["prompt"] + r[s]).input_ids) for r in records for s in ("chosen", "rejected"))
+    assert longest + 1 <= p.max_length, longest
