@@ -50,6 +50,32 @@ def test_rejected_errors_are_counted_by_kind(records):
             assert s.n_words > WORD_BUDGET and s.n_correct == s.n_facts
 
 
+def _revert(record: dict, error: dict) -> str:
+    """The rejected summary with one planted error put back to the true text (a claim removed with the
+    space before it). A value's span starts where it first differs from the true value (data v2)."""
+    text, start, end = record["rejected"], error["start"], error["end"]
+    if not error["true"]:
+        start -= 1 if start > 0 and text[start - 1] == " " else 0
+    else:
+        start = end - len(error["planted"])
+        assert text[start:end] == error["planted"], (text, error)
+    return text[:start] + error["true"] + text[end:]
+
+
+def test_fewer_errors_score_higher_and_win(records):
+    """No ceiling between imperfect summaries: flawless > one error > two errors, in score and in compare."""
+    two = [r for r in records if r["kind"] == "two_errors"]
+    assert len({r["family"] for r in two}) >= 10
+    for r in two:
+        flawless, both = r["chosen"], r["rejected"]
+        for error in r["errors"]:
+            one = _revert(r, error)
+            scores = [score_summary(x, r).score for x in (flawless, one, both)]
+            assert scores[0] > scores[1] > scores[2], (one, scores)
+            assert compare(r, one, both) == 1.0 and compare(r, both, one) == 0.0
+            assert compare(r, flawless, one) == 1.0 and compare(r, flawless, both) == 1.0
+
+
 def test_deterministic(records):
     r = records[7]
     first = [score_summary(x, r) for x in (r["chosen"], r["rejected"])]

@@ -15,14 +15,16 @@ from qstar_lib.data import synthetic_tldr
 from qstar_lib.eval.judge import compare
 from qstar_lib.eval.sweep import (
     SWEEP_COLUMNS,
-    beam_sweep,
     best_of_n,
     best_of_n_comparison,
+    decode_stats,
+    distinct_n,
     implicit_rewards,
-    plot_beam_sweep,
-    summary_stats,
+    overoptimisation_sweep,
+    plot_overoptimisation,
+    sequence_log_ratios,
 )
-from qstar_lib.lm.decoding import _prompt_ids, first_paragraph, generate_summaries
+from qstar_lib.lm.decoding import Decoded, _prompt_ids, decode_summaries, first_paragraph, generate_summaries
 from qstar_lib.lm.value_search import (
     _beam_search,
     _last_logits,
@@ -194,34 +196,87 @@ def test_bootstrap_ci_is_seeded_reproducible_and_matches_a_naive_loop():
         bootstrap_ci(values, confidence=1.5)
 
 
-def test_summary_stats_with_the_gold_judge(short_records, tiny_lm):
-    _, tok = tiny_lm
-    same = summary_stats(short_records, [r["chosen"] for r in short_records], tok)
-    assert same["win_rate"] == 0.5 and same["outcomes"] == [0.5] * 4  # a summary ties with itself
-    worse = summary_stats(short_records, [r["rejected"] for r in short_records], tok, compare)
-    assert worse["win_rate"] < 0.5  # the planted errors lose
-    assert worse["n"] == 4 and worse["mean_words"] > 0 and worse["mean_tokens"] >= worse["mean_words"]
-    with pytest.raises(ValueError, match="3 summaries for 4 records"):
-        summary_stats(short_records, ["a", "b", "c"], tok)
+def _decoded(texts, stop="eos"):
+    return [Decoded(t, len(t.split()) + 1, stop) for t in texts]
 
 
-def test_beam_sweep_columns_and_intervals(short_records, tiny_lm):
+def test_decode_stats_with_the_gold_judge(short_records):
+    chosen = [r["chosen"] for r in short_records]
+    rejected = [r["rejected"] for r in short_records]
+    same = decode_stats(short_records, _decoded(chosen), {"vs_chosen": chosen})
+    assert same["vs_chosen"] == 0.5 and same["outcomes"]["vs_chosen"] == [0.5] * 4  # a summary ties with itself
+    full = synthetic_tldr(4, seed=0, split="test")  # whole prompts: every fact of the summary is in the post
+    flawless = decode_stats(full, _decoded([r["chosen"] for r in full]))
+    assert flawless["gold_score"] == pytest.approx(1.0) and flawless["n_contradicted"] == 0
+    worse = decode_stats(short_records, _decoded(rejected), {"vs_chosen": chosen}, compare)
+    assert worse["vs_chosen"] < 0.5 and worse["gold_score"] < 1.0  # the planted errors lose, and cost score
+    assert worse["gold_score_lo"] <= worse["gold_score"] <= worse["gold_score_hi"]
+    assert worse["n"] == 4 and worse["mean_words"] > 0 and worse["stop_eos"] == 1.0 and worse["stop_cap"] == 0.0
+    assert math.isnan(worse["implicit_reward"])  # no rewards given
+    with pytest.raises(ValueError, match="3 decodes for 4 records"):
+        decode_stats(short_records, _decoded(["a", "b", "c"]))
+    with pytest.raises(ValueError, match="anchors\\['x'\\] has 1 texts"):
+        decode_stats(short_records, _decoded(chosen), {"x": ["a"]})
+
+
+def test_distinct_2_counts_repeated_bigrams():
+    assert distinct_n("a b c d") == 1.0
+    assert distinct_n("a b a b a b") == pytest.approx(2 / 5)  # (a b), (b a) among five bigrams
+    assert math.isnan(distinct_n("one"))
+
+
+def test_stop_reasons_eos_newline_and_cap(tiny_lm, eos_lm, random_lm):
     model, tok = tiny_lm
-    df = beam_sweep(model, tok, short_records, beams=(1, 2), max_new_tokens=6, progress=False, n_boot=300)
+    capped = decode_summaries(model, tok, PROMPTS, max_new_tokens=3, stop_at_newline=False, progress=False)
+    for d in capped:  # 3 tokens: either the cap, or an EOS came first
+        assert d.stop in ("cap", "eos") and d.n_tokens <= 3
+        assert d.stop == "eos" or d.n_tokens == 3
+    _, _, etok = eos_lm
+    eos_model = eos_lm[0]
+    ended = decode_summaries(eos_model, etok, PROMPTS, max_new_tokens=40, stop_at_newline=False, progress=False)
+    assert any(d.stop == "eos" for d in ended)  # EOS is likely for this model
+    for d in ended:
+        if d.stop == "eos":  # the EOS is counted as a generated token
+            assert 1 <= d.n_tokens <= 40
+    newline_id = tok("\n", add_special_tokens=False).input_ids[-1]
+    word_id = tok(" a", add_special_tokens=False).input_ids[-1]
+    liner = random_lm(tok, 3, {newline_id: 6.0, word_id: 6.0})  # writes words and new lines
+    lines = decode_summaries(liner, tok, PROMPTS, max_new_tokens=30, progress=False)
+    assert any(d.stop == "newline" for d in lines)
+    for d in lines:
+        assert "\n" not in d.text  # the returned text is the first paragraph
+    assert [d.text for d in lines] == generate_summaries(liner, tok, PROMPTS, max_new_tokens=30, progress=False)
+
+
+def test_overoptimisation_sweep_columns_anchors_and_intervals(short_records, eos_lm):
+    policy, ref, tok = eos_lm
+    beta = 0.1
+    df = overoptimisation_sweep(
+        policy, ref, tok, short_records, beta, beams=(1, 2), max_new_tokens=6, progress=False, n_boot=300
+    )
     assert list(df.columns) == list(SWEEP_COLUMNS)
-    assert len(df) == 2 * 2 + 1  # (beams x length penalties) + the sampling row
-    assert (df["n"] == 4).all()
-    assert ((df["ci_low"] <= df["win_rate"] + 1e-12) & (df["win_rate"] <= df["ci_high"] + 1e-12)).all()
-    assert df["win_rate"].between(0, 1).all() and (df["mean_tokens"] >= 0).all()
-    greedy = df[(df["decoding"] == "beam") & (df["num_beams"] == 1)]
-    assert len(greedy) == 2 and greedy["win_rate"].nunique() == 1  # one beam is greedy for any penalty
-    sample = df[df["decoding"] == "sample"]
-    assert len(sample) == 1 and math.isnan(sample["length_penalty"].iloc[0])
-    keys = list(df.attrs["summaries"])
-    assert keys[:4] == [("beam", 1, 0.0), ("beam", 2, 0.0), ("beam", 1, 1.0), ("beam", 2, 1.0)]
-    assert keys[4][:2] == ("sample", 1) and all(len(v) == 4 for v in df.attrs["summaries"].values())
-    fig = plot_beam_sweep(df)
-    assert len(fig.axes) == 2
+    assert len(df) == 2 * (2 * 2 + 1)  # models x ((beams x length penalties) + the sampling row)
+    assert (df["n"] == 4).all() and set(df["model"]) == {"dpo", "sft"}
+    for col in ("gold_score", "win_rate_vs_sft", "win_rate_vs_dpo_greedy", "implicit_reward", "mean_tokens"):
+        assert ((df[f"{col}_lo"] <= df[col] + 1e-12) & (df[col] <= df[f"{col}_hi"] + 1e-12)).all(), col
+    stops = df[["stop_eos", "stop_newline", "stop_cap"]].sum(axis=1)
+    assert np.allclose(stops, 1.0) and (df["mean_tokens"] <= 6).all()
+    greedy = df[(df["decoding"] == "beam") & (df["num_beams"] == 1)].set_index(["model", "length_penalty"])
+    assert len(greedy) == 4
+    assert (greedy.loc["sft", "win_rate_vs_sft"] == 0.5).all()  # the anchor ties with itself
+    assert (greedy.loc["dpo", "win_rate_vs_dpo_greedy"] == 0.5).all()
+    sft_rows = df[df["model"] == "sft"]
+    assert (sft_rows["kl"] == 0.0).all()  # the SFT model is pi_ref
+    dpo_rows = df[df["model"] == "dpo"]
+    assert np.allclose(dpo_rows["implicit_reward"], beta * dpo_rows["kl"])  # the policy's own log-ratio
+    # the implicit reward of one decode against a naive recomputation
+    key = ("dpo", "beam", 2, 0.0)
+    text = df.attrs["decodes"][key][0].text
+    naive = implicit_rewards(policy, ref, tok, [short_records[0]["prompt"]], [text], beta)[0]
+    logps = sequence_log_ratios([policy, ref], tok, [short_records[0]["prompt"]], [text])
+    assert naive == pytest.approx(beta * (logps[0, 0] - logps[1, 0]), abs=1e-9)
+    fig = plot_overoptimisation(df)
+    assert len(fig.axes) == 4
     import matplotlib.pyplot as plt
 
     plt.close(fig)
@@ -235,9 +290,11 @@ def test_best_of_n_with_policy_equal_to_ref_is_the_first_sample(short_records, t
     res = best_of_n(model, model, tok, short_records, n=3, max_new_tokens=5, progress=False)
     assert all(s == 0.0 for row in res.candidate_scores for s in row)  # log pi - log pi_ref is exactly 0
     assert res.index == [0] * 4 and res.summaries == res.first_samples  # ties go to the earliest sample
-    table = best_of_n_comparison(short_records, res, tok, n_boot=200)
-    assert list(table["decoding"]) == ["first sample", "best of 3"]
-    assert table["win_rate"].iloc[0] == table["win_rate"].iloc[1]
+    anchors = {"vs_chosen": [r["chosen"] for r in short_records]}
+    table = best_of_n_comparison(short_records, res, anchors, n_boot=200)
+    assert list(table.index) == ["first sample", "best of 3"]
+    assert table["vs_chosen"].iloc[0] == table["vs_chosen"].iloc[1]
+    assert table["gold_score"].iloc[0] == table["gold_score"].iloc[1]
 
 
 def test_best_of_n_ranks_by_the_implicit_reward(short_records, eos_lm):

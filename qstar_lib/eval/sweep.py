@@ -1,13 +1,18 @@
-"""Figure 2 (paper Section 5.2): a sweep over beam widths and length penalties, judged, and best-of-n.
+"""Figure 2 (paper Section 5.2): the over-optimisation curve of beam search, judged without a ceiling, and
+best-of-n.
 
 "More beams" on a DPO policy means "optimise the learned reward harder" (eq. 12-13, see
 :mod:`qstar_lib.lm.value_search`), which is why the paper sees a few beams help and many beams hurt, with
-exploding lengths (reward over-optimisation). :func:`beam_sweep` decodes with
-:func:`qstar_lib.lm.decoding.generate_summaries` and judges each summary against the record's chosen one
-(:func:`plot_beam_sweep` draws our Fig. 2); :func:`best_of_n` reranks samples by the implicit reward (the
-V-STaR-style verifier the paper mentions).
+exploding lengths (reward over-optimisation). :func:`overoptimisation_sweep` decodes with
+:func:`qstar_lib.lm.decoding.decode_summaries` for each model (the DPO policy, and the SFT model as control),
+beam width and length penalty, and reports per setting (:func:`decode_stats`): the gold score as a number,
+win rates against the *greedy SFT* and *greedy DPO* summaries of the same prompt (never against the flawless
+chosen summary, which every decode can at best tie), the sequence implicit reward of the DPO policy, the
+log-ratio to the reference, length, how decodes stopped and how repetitive they are.
+:func:`plot_overoptimisation` draws it; :func:`best_of_n` reranks samples by the implicit reward (the V-STaR-
+style verifier the paper mentions).
 
-It knows nothing about training: it is handed models and a judge function.
+It knows nothing about training: it is handed models and records.
 """
 
 from __future__ import annotations
@@ -19,22 +24,53 @@ import numpy as np
 import torch
 
 from qstar_lib.eval.judge import compare as gold_compare
+from qstar_lib.eval.judge import score_summary
 from qstar_lib.lm.collate import encode_completion, pad_batch, pad_token_id, record_field
-from qstar_lib.lm.decoding import PAPER_TOP_K, generate_summaries
-from qstar_lib.lm.logps import model_device, per_token_logps, per_token_rewards, sequence_logps
+from qstar_lib.lm.decoding import PAPER_TOP_K, STOP_REASONS, Decoded, decode_summaries
+from qstar_lib.lm.logps import model_device, per_token_logps, sequence_logps
 from qstar_lib.lm.models import eval_mode
 from qstar_lib.plots import COLORS, new_figure
 from qstar_lib.stats import bootstrap_ci
 
-#: Columns of the table :func:`beam_sweep` returns.
+#: The two models of the sweep: the DPO policy and the SFT model it started from (pi_ref, the control).
+SWEEP_MODELS = ("dpo", "sft")
+
+#: The anchors every decode is compared with: the greedy decode of each model on the same prompt.
+ANCHORS = {"win_rate_vs_sft": "sft", "win_rate_vs_dpo_greedy": "dpo"}
+
+#: Columns of :func:`overoptimisation_sweep`'s table; ``*_lo``/``*_hi`` are percentile-bootstrap intervals
+#: over prompts. ``kl`` is the mean log-ratio log pi_model(y|x) - log pi_ref(y|x) of the decodes (nats): a
+#: KL estimate for samples, the log-ratio of the search's answer for beams; 0 for the SFT model (pi_ref).
 SWEEP_COLUMNS = (
-    "decoding",
     "num_beams",
     "length_penalty",
-    "win_rate",
-    "ci_low",
-    "ci_high",
+    "model",
+    "decoding",
+    "gold_score",
+    "gold_score_lo",
+    "gold_score_hi",
+    "win_rate_vs_sft",
+    "win_rate_vs_sft_lo",
+    "win_rate_vs_sft_hi",
+    "win_rate_vs_dpo_greedy",
+    "win_rate_vs_dpo_greedy_lo",
+    "win_rate_vs_dpo_greedy_hi",
+    "implicit_reward",
+    "implicit_reward_lo",
+    "implicit_reward_hi",
+    "kl",
+    "kl_lo",
+    "kl_hi",
     "mean_tokens",
+    "mean_tokens_lo",
+    "mean_tokens_hi",
+    "stop_eos",
+    "stop_newline",
+    "stop_cap",
+    "distinct_2",
+    "n_correct",
+    "n_contradicted",
+    "n_invented",
     "mean_words",
     "n",
 )
@@ -43,53 +79,119 @@ SWEEP_COLUMNS = (
 # ----------------------------------------------------------------------------------------------- judging
 
 
-def summary_stats(
+def distinct_n(text: str, n: int = 2) -> float:
+    """Share of distinct word n-grams among the n-grams of ``text`` (1.0: no n-gram repeats; a decode that
+    loops one sentence tends to 0). NaN for a text of fewer than ``n`` words."""
+    words = text.split()
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else float("nan")
+
+
+def _mean_ci(values, stats: dict) -> tuple[float, float, float]:
+    values = np.asarray(values, dtype=float)  # (N,)
+    if not len(values):
+        return float("nan"), float("nan"), float("nan")
+    low, high = bootstrap_ci(values, **stats)
+    return float(values.mean()), low, high
+
+
+def decode_stats(
     records: Sequence[Mapping],
-    summaries: Sequence[str],
-    tokenizer,
+    decodes: Sequence[Decoded],
+    anchors: Mapping[str, Sequence[str]] | None = None,
     judge: Callable | None = None,
     *,
+    rewards: Sequence[float] | None = None,
+    log_ratios: Sequence[float] | None = None,
     confidence: float = 0.95,
     n_boot: int = 2000,
     seed: int = 0,
 ) -> dict:
-    """Win rate of ``summaries`` against each record's ``chosen`` summary under ``judge`` (default: the gold
-    judge :func:`qstar_lib.eval.judge.compare`; ties count one half), its bootstrap interval over prompts, mean
-    length in tokens (the returned text re-tokenised by ``tokenizer`` without special tokens, which for
-    byte-level garbage from a random model can exceed the tokens generated) and in words, and ``n``. Also
-    ``outcomes`` (list of per-prompt judge results)."""
-    if judge is None:
-        judge = gold_compare
-    if len(records) != len(summaries):
-        raise ValueError(f"{len(summaries)} summaries for {len(records)} records")
-    outcomes = []
-    for i, (record, summary) in enumerate(zip(records, summaries)):
-        chosen = record_field(record, i, "chosen")
-        outcomes.append(float(judge(record, summary, chosen)))
-    low, high = bootstrap_ci(outcomes, confidence=confidence, n_boot=n_boot, seed=seed)
-    n_tokens = [len(tokenizer(s, add_special_tokens=False).input_ids) for s in summaries]
-    n_words = [len(s.split()) for s in summaries]
-    return {
-        "win_rate": float(np.mean(outcomes)) if outcomes else float("nan"),
-        "ci_low": low,
-        "ci_high": high,
-        "mean_tokens": float(np.mean(n_tokens)) if n_tokens else float("nan"),
-        "mean_words": float(np.mean(n_words)) if n_words else float("nan"),
-        "n": len(outcomes),
-        "outcomes": outcomes,
-    }
+    """One row of the sweep: the judged quality, length, stops and repetition of one decode per record.
+
+    - ``gold_score`` (with its interval): the mean :func:`qstar_lib.eval.judge.score_summary` score, beside
+      the mean counts of correct, contradicted and invented facts and of words;
+    - for each ``anchors`` entry ``name -> texts`` (one per record), ``name`` (and its interval): the win
+      rate of the decode against that text of the same record under ``judge`` (default: the gold judge's
+      :func:`qstar_lib.eval.judge.compare`; ties count one half);
+    - ``implicit_reward`` / ``kl`` (with intervals) when ``rewards`` / ``log_ratios`` (one per record) are
+      given, else NaN;
+    - ``mean_tokens`` (generated tokens, with interval), the share of each stop reason (``stop_eos``,
+      ``stop_newline``, ``stop_cap``), ``distinct_2`` (mean of :func:`distinct_n` over decodes of >= 2 words)
+      and ``n``. Also ``outcomes``: anchor name -> per-record judge results.
+    """
+    judge = gold_compare if judge is None else judge
+    if len(records) != len(decodes):
+        raise ValueError(f"{len(decodes)} decodes for {len(records)} records")
+    stats = dict(confidence=confidence, n_boot=n_boot, seed=seed)
+    texts = [d.text for d in decodes]
+    scores = [score_summary(t, r) for t, r in zip(texts, records)]
+    row: dict = {}
+    row["gold_score"], row["gold_score_lo"], row["gold_score_hi"] = _mean_ci([s.score for s in scores], stats)
+    outcomes = {}
+    for name, anchor in (anchors or {}).items():
+        if len(anchor) != len(records):
+            raise ValueError(f"anchors[{name!r}] has {len(anchor)} texts for {len(records)} records")
+        outcomes[name] = [float(judge(r, t, a)) for r, t, a in zip(records, texts, anchor)]
+        row[name], row[f"{name}_lo"], row[f"{name}_hi"] = _mean_ci(outcomes[name], stats)
+    for name, values in (("implicit_reward", rewards), ("kl", log_ratios)):
+        if values is not None and len(values) != len(records):
+            raise ValueError(f"{name}: {len(values)} values for {len(records)} records")
+        est = _mean_ci(values, stats) if values is not None else (float("nan"),) * 3
+        row[name], row[f"{name}_lo"], row[f"{name}_hi"] = est
+    row["mean_tokens"], row["mean_tokens_lo"], row["mean_tokens_hi"] = _mean_ci([d.n_tokens for d in decodes], stats)
+    for reason in STOP_REASONS:
+        row[f"stop_{reason}"] = float(np.mean([d.stop == reason for d in decodes])) if decodes else float("nan")
+    distinct = [distinct_n(t) for t in texts]
+    row["distinct_2"] = float(np.nanmean(distinct)) if not np.isnan(distinct).all() else float("nan")
+    for count in ("n_correct", "n_contradicted", "n_invented"):
+        row[count] = float(np.mean([getattr(s, count) for s in scores])) if scores else float("nan")
+    row["mean_words"] = float(np.mean([s.n_words for s in scores])) if scores else float("nan")
+    row["n"] = len(decodes)
+    row["outcomes"] = outcomes
+    return row
 
 
-def beam_sweep(
-    model,
+def sequence_log_ratios(
+    models: Sequence,
+    tokenizer,
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    *,
+    batch_size: int = 8,
+    max_length: int = 1024,
+) -> np.ndarray:
+    """(len(models), N) summed log-probs log pi_m(y|x) of each completion under each model, in float64.
+
+    Completions are encoded as in training (:func:`qstar_lib.lm.collate.encode_completion`: prompt ids +
+    completion ids + EOS), so a summary is scored as the DPO loss saw the chosen ones."""
+    if len(prompts) != len(completions):
+        raise ValueError(f"{len(completions)} completions for {len(prompts)} prompts")
+    out = np.zeros((len(models), len(prompts)))  # (M, N)
+    with eval_mode(*models), torch.inference_mode():
+        for lo in range(0, len(prompts), batch_size):
+            pairs = zip(prompts[lo : lo + batch_size], completions[lo : lo + batch_size])
+            enc = [encode_completion(p, c, tokenizer, max_length=max_length) for p, c in pairs]
+            batch = pad_batch(enc, pad_token_id(tokenizer))
+            for j, m in enumerate(models):
+                b = {k: v.to(model_device(m)) for k, v in batch.items()}
+                logps = sequence_logps(per_token_logps(m, **b).double(), b["completion_mask"])  # (B,)
+                out[j, lo : lo + len(enc)] = logps.cpu().numpy()
+    return out
+
+
+def overoptimisation_sweep(
+    policy,
+    ref_model,
     tokenizer,
     records: Sequence[Mapping],
+    beta: float,
     beams: Sequence[int] = (1, 2, 5, 10, 20),
     length_penalties: Sequence[float] = (0.0, 1.0),
     include_sampling: bool = True,
     judge: Callable | None = None,
     *,
-    max_new_tokens: int = 64,
+    max_new_tokens: int = 128,
     batch_size: int = 8,
     seed: int = 0,
     temperature: float = 1.0,
@@ -100,107 +202,116 @@ def beam_sweep(
     n_boot: int = 2000,
     progress: bool = True,
 ):
-    """Our Fig. 2: win rate against the chosen summary and length, per beam width and length penalty.
+    """Our Fig. 2: for the DPO ``policy`` and for its reference ``ref_model`` (the SFT model, the control),
+    each beam width and length penalty, one :func:`decode_stats` row.
 
-    Returns a ``pandas.DataFrame`` with one row per (decoding, num_beams, length_penalty) and the columns
-    :data:`SWEEP_COLUMNS`: ``decoding`` is ``"beam"`` (``num_beams=1`` is greedy decoding, which is the same
-    for every length penalty, so it is generated once and reported on each penalty's row) or ``"sample"``
-    (one sample per prompt at ``temperature``/``top_k``, ``num_beams=1``, ``length_penalty`` NaN); the win
-    rate and its percentile-bootstrap interval over prompts (seeded by ``seed``); the mean length in tokens
-    and words; ``n``. The summaries are in ``df.attrs["summaries"]`` keyed by ``(decoding, num_beams,
-    length_penalty)`` and the per-prompt judge outcomes in ``df.attrs["outcomes"]``.
+    Returns a ``pandas.DataFrame`` with the columns :data:`SWEEP_COLUMNS`, one row per (model, decoding,
+    num_beams, length_penalty): ``decoding`` is ``"beam"`` (``num_beams=1`` is greedy decoding, the same for
+    every length penalty, generated once and reported on each penalty's row) or ``"sample"`` (one sample
+    per prompt at ``temperature``/``top_k``, ``length_penalty`` NaN). ``implicit_reward`` is the DPO
+    policy's sequence reward beta * (log pi_theta - log pi_ref) of each decode (eq. 10 summed), for the
+    decodes of either model; ``kl`` the decoding model's own log-ratio to pi_ref; the win rates compare each
+    decode with the greedy SFT and greedy DPO decodes of the same prompt (:data:`ANCHORS`). The decodes
+    are in ``df.attrs["decodes"]`` keyed by ``(model, decoding, num_beams, length_penalty)`` (``None`` as the
+    penalty of greedy decoding and sampling) and the judge
+    outcomes in ``df.attrs["outcomes"]``.
     """
     import pandas as pd
+    from tqdm.auto import tqdm
 
-    beams = [int(k) for k in beams]
+    beams = sorted({int(k) for k in beams})
     if not beams or min(beams) < 1:
         raise ValueError(f"beams must be non-empty and >= 1, got {beams}")
+    if beta <= 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
     prompts = [record_field(r, i, "prompt") for i, r in enumerate(records)]
-    for i, r in enumerate(records):
-        record_field(r, i, "chosen")
-    gen = dict(
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        seed=seed,
-        stop_at_newline=stop_at_newline,
-        progress=progress,
-    )
-    stats = dict(confidence=confidence, n_boot=n_boot, seed=seed)
-    rows, summaries, outcomes = [], {}, {}
-    greedy = None
-    for lp in length_penalties:
-        for k in sorted(set(beams)):
-            if k == 1:
-                if greedy is None:
-                    greedy = generate_summaries(model, tokenizer, prompts, num_beams=1, **gen)
-                texts = greedy
-            else:
-                texts = generate_summaries(
-                    model, tokenizer, prompts, num_beams=k, length_penalty=lp, early_stopping=early_stopping, **gen
-                )
-            s = summary_stats(records, texts, tokenizer, judge, **stats)
-            key = ("beam", k, float(lp))
-            summaries[key], outcomes[key] = texts, s.pop("outcomes")
-            rows.append({"decoding": "beam", "num_beams": k, "length_penalty": float(lp), **s})
+    gen = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, stop_at_newline=stop_at_newline)
+    settings = [("beam", 1, None)] + [("beam", k, float(lp)) for lp in length_penalties for k in beams if k > 1]
     if include_sampling:
-        texts = generate_summaries(
-            model, tokenizer, prompts, do_sample=True, temperature=temperature, top_k=top_k, **gen
+        settings.append(("sample", 1, None))
+    models = {"dpo": policy, "sft": ref_model}
+    decodes: dict[tuple, list[Decoded]] = {}
+    bar = tqdm(total=len(models) * len(settings), desc="sweep", disable=not progress)
+    for name, model in models.items():
+        for decoding, k, lp in settings:
+            if decoding == "sample":
+                opts = dict(do_sample=True, temperature=temperature, top_k=top_k)
+            else:
+                opts = dict(num_beams=k, length_penalty=lp or 0.0, early_stopping=early_stopping)
+            decodes[(name, decoding, k, lp)] = decode_summaries(
+                model, tokenizer, prompts, progress=False, **gen, **opts
+            )
+            bar.update()
+    bar.close()
+    keys = list(decodes)
+    flat = [d.text for key in keys for d in decodes[key]]
+    logps = sequence_log_ratios([policy, ref_model], tokenizer, prompts * len(keys), flat, batch_size=batch_size)
+    ratio = (logps[0] - logps[1]).reshape(len(keys), len(prompts))  # (settings, N): log pi_theta - log pi_ref
+    anchors = {col: [d.text for d in decodes[(m, "beam", 1, None)]] for col, m in ANCHORS.items()}
+    stats = dict(confidence=confidence, n_boot=n_boot, seed=seed)
+    rows, outcomes = [], {}
+    for i, (name, decoding, k, lp) in enumerate(keys):
+        kl = ratio[i] if name == "dpo" else np.zeros(len(prompts))
+        row = decode_stats(
+            records, decodes[(name, decoding, k, lp)], anchors, judge, rewards=beta * ratio[i], log_ratios=kl, **stats
         )
-        s = summary_stats(records, texts, tokenizer, judge, **stats)
-        key = ("sample", 1, float("nan"))
-        summaries[key], outcomes[key] = texts, s.pop("outcomes")
-        rows.append({"decoding": "sample", "num_beams": 1, "length_penalty": float("nan"), **s})
+        outcomes[(name, decoding, k, lp)] = row.pop("outcomes")
+        penalties = length_penalties if decoding == "beam" and k == 1 else [lp]  # greedy: a row per penalty
+        for penalty in penalties:
+            lp_col = float("nan") if penalty is None else float(penalty)
+            rows.append({"num_beams": k, "length_penalty": lp_col, "model": name, "decoding": decoding, **row})
     df = pd.DataFrame(rows, columns=list(SWEEP_COLUMNS))
-    df.attrs["summaries"] = summaries
+    df.attrs["decodes"] = decodes
     df.attrs["outcomes"] = outcomes
     return df
 
 
-def plot_beam_sweep(df, title: str | None = None):
-    """Fig. 2 from a :func:`beam_sweep` table: win rate with its interval (left) and mean length in tokens
-    (right) against the number of beams, one line per length penalty, the sampling baseline as a
-    horizontal line. Returns the figure."""
-
-    fig, (ax_win, ax_len) = new_figure(1, 2, figsize=(11.0, 4.0))
-    palette = [COLORS["policy"], COLORS["accent"], COLORS["chosen"], COLORS["rejected"]]
-    names = {0.0: "sum of log-probs", 1.0: "mean log-prob per token"}
-    beam_rows = df[df["decoding"] == "beam"]
-    penalties = sorted(beam_rows["length_penalty"].unique())
-    markers = ["o", "s", "^", "D"]
-    for i, lp in enumerate(penalties):
-        part = beam_rows[beam_rows["length_penalty"] == lp].sort_values("num_beams")
-        color, style = palette[i % len(palette)], markers[i % len(markers)] + "-"
-        label = f"length_penalty={lp:g}" + (f" ({names[lp]})" if lp in names else "")
-        x = part["num_beams"] * (1.0 + 0.03 * (i - (len(penalties) - 1) / 2))  # dodge so equal lines stay visible
-        ax_win.plot(x, part["win_rate"], style, color=color, label=label, ms=5)
-        ax_win.fill_between(x, part["ci_low"], part["ci_high"], color=color, alpha=0.15, lw=0)
-        ax_len.plot(x, part["mean_tokens"], style, color=color, label=label, ms=5)
+def plot_overoptimisation(df, reference_score: float | None = 1.0, title: str | None = None):
+    """The over-optimisation curve from an :func:`overoptimisation_sweep` table: gold score, win rate against
+    the greedy SFT summary, the DPO implicit reward and the length, against the number of beams (log axis),
+    one line per model and length penalty, intervals shaded, sampling as dashed horizontal lines.
+    ``reference_score`` (the flawless chosen summary's gold score) is drawn as a line. Returns the figure."""
+    fig, axes = new_figure(2, 2, figsize=(11.0, 7.0))
+    panels = [
+        ("gold_score", "gold score (mean)"),
+        ("win_rate_vs_sft", "win rate vs greedy SFT summary"),
+        ("implicit_reward", r"implicit reward $\beta\log\pi_\theta/\pi_{\mathrm{ref}}$"),
+        ("mean_tokens", "generated tokens (mean)"),
+    ]
+    colors = {"dpo": COLORS["policy"], "sft": COLORS["reference"]}
+    styles = {0.0: "o-", 1.0: "s--"}
+    beam = df[df["decoding"] == "beam"]
     sample = df[df["decoding"] == "sample"]
-    if len(sample):
-        row = sample.iloc[0]
-        grey = COLORS["reference"]
-        ax_win.axhline(row["win_rate"], color=grey, ls="--", label="sampling (T=1), 1 sample")
-        ax_win.axhspan(row["ci_low"], row["ci_high"], color=grey, alpha=0.08, lw=0)
-        ax_len.axhline(row["mean_tokens"], color=grey, ls="--", label="sampling (T=1), 1 sample")
-    ticks = sorted(beam_rows["num_beams"].unique())
-    for ax in (ax_win, ax_len):
+    ticks = sorted(beam["num_beams"].unique())
+    for ax, (col, label) in zip(axes.flat, panels):
+        for (model, lp), part in beam.groupby(["model", "length_penalty"], sort=True):
+            part = part.sort_values("num_beams")
+            style = styles.get(lp, "^-.")
+            name = f"{model}, length_penalty={lp:g}"
+            ax.plot(part["num_beams"], part[col], style, color=colors.get(model), label=name, ms=4)
+            if f"{col}_lo" in part:
+                ax.fill_between(
+                    part["num_beams"], part[f"{col}_lo"], part[f"{col}_hi"], color=colors.get(model), alpha=0.1, lw=0
+                )
+        for _, row in sample.iterrows():
+            ax.axhline(
+                row[col], color=colors.get(row["model"]), ls=":", lw=1.0, label=f"{row['model']}, one sample (T=1)"
+            )
+        if col == "gold_score" and reference_score is not None:
+            ax.axhline(reference_score, color="black", lw=0.8, label="chosen summary")
+        if col == "win_rate_vs_sft":
+            ax.axhline(0.5, color="black", lw=0.6, ls=":")
+            ax.set_ylim(-0.02, 1.02)
         ax.set_xscale("log")
         ax.set_xticks(ticks)
         ax.set_xticklabels([str(int(t)) for t in ticks])
         ax.minorticks_off()
-        ax.set_xlabel("number of beams")
-    ax_win.axhline(0.5, color="black", lw=0.8, ls=":", alpha=0.6)  # parity with the chosen summary
-    ax_win.set_ylabel("win rate vs chosen summary")
-    ax_win.set_ylim(-0.02, 1.02)
-    ax_win.set_title(f"Win rate (95% bootstrap CI, n={int(df['n'].max())} prompts)")
-    ax_len.set_ylabel("mean summary length (tokens)")
-    ax_len.set_ylim(bottom=0)
-    ax_len.set_title("Answer length")
-    handles, labels = ax_win.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), bbox_to_anchor=(0.5, -0.01))
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
+        ax.set(xlabel="number of beams", ylabel=label)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, bbox_to_anchor=(0.5, -0.01), fontsize=8)
+    n = int(df["n"].max()) if len(df) else 0
+    fig.suptitle(title or f"Over-optimisation curve ({n} prompts, 95% bootstrap intervals)")
+    fig.tight_layout(rect=(0, 0.09, 1, 1))
     return fig
 
 
@@ -216,6 +327,7 @@ class BestOfN:
     index: list[int]  # which of the n samples was picked (0 = the first sample)
     candidates: list[list[str]]  # (N, n) all samples
     candidate_scores: list[list[float]]  # (N, n) their implicit rewards
+    decoded: list[list[Decoded]]  # (N, n) the samples with their lengths and stop reasons
 
     @property
     def first_samples(self) -> list[str]:
@@ -234,31 +346,14 @@ def implicit_rewards(
     batch_size: int = 8,
     max_length: int = 1024,
 ) -> list[float]:
-    """Sequence-level implicit reward beta * (log pi_theta(y|x) - log pi_ref(y|x)) of each completion.
-
-    Completions are encoded as in training (:func:`qstar_lib.lm.collate.encode_completion`: prompt ids +
-    completion ids + EOS), so a summary is scored as the DPO loss saw the chosen ones; summed over the
-    completion tokens, the per-token rewards of eq. 10 give this number. Sums are in float64.
-    """
+    """Sequence-level implicit reward beta * (log pi_theta(y|x) - log pi_ref(y|x)) of each completion: the
+    per-token rewards of eq. 10 summed over the completion (:func:`sequence_log_ratios`, float64)."""
     if beta <= 0:
         raise ValueError(f"beta must be > 0, got {beta}")
-    if len(prompts) != len(completions):
-        raise ValueError(f"{len(completions)} completions for {len(prompts)} prompts")
-    out: list[float] = []
-    with eval_mode(policy, ref_model), torch.inference_mode():
-        for lo in range(0, len(prompts), batch_size):
-            enc = [
-                encode_completion(p, c, tokenizer, max_length=max_length)
-                for p, c in zip(prompts[lo : lo + batch_size], completions[lo : lo + batch_size])
-            ]
-            batch = pad_batch(enc, pad_token_id(tokenizer))
-            sums = []
-            for m in (policy, ref_model):
-                b = {k: v.to(model_device(m)) for k, v in batch.items()}
-                sums.append(sequence_logps(per_token_logps(m, **b).double(), b["completion_mask"]).cpu())  # (B,)
-            rewards = per_token_rewards(sums[0], sums[1], torch.ones_like(sums[0], dtype=torch.bool), beta)  # (B,)
-            out.extend(rewards.tolist())  # eq. 10 on the summed log-probs: the sequence reward
-    return out
+    logps = sequence_log_ratios(
+        [policy, ref_model], tokenizer, prompts, completions, batch_size=batch_size, max_length=max_length
+    )
+    return (beta * (logps[0] - logps[1])).tolist()
 
 
 def best_of_n(
@@ -272,7 +367,7 @@ def best_of_n(
     proposal=None,
     temperature: float = 1.0,
     top_k: int | None = PAPER_TOP_K,
-    max_new_tokens: int = 64,
+    max_new_tokens: int = 128,
     batch_size: int = 8,
     seed: int = 0,
     stop_at_newline: bool = True,
@@ -294,7 +389,7 @@ def best_of_n(
     proposal = policy if proposal is None else proposal
     prompts = [record_field(r, i, "prompt") for i, r in enumerate(records)]
     repeated = [p for p in prompts for _ in range(n)]  # (N * n,): prompt i's samples are rows i*n .. i*n+n-1
-    samples = generate_summaries(
+    samples = decode_summaries(
         proposal,
         tokenizer,
         prompts,
@@ -308,8 +403,10 @@ def best_of_n(
         num_return_sequences=n,
         progress=progress,
     )
-    scores = implicit_rewards(policy, ref_model, tokenizer, repeated, samples, beta, batch_size=batch_size)
-    candidates = [samples[i * n : (i + 1) * n] for i in range(len(prompts))]
+    texts = [d.text for d in samples]
+    scores = implicit_rewards(policy, ref_model, tokenizer, repeated, texts, beta, batch_size=batch_size)
+    decoded = [samples[i * n : (i + 1) * n] for i in range(len(prompts))]
+    candidates = [[d.text for d in row] for row in decoded]
     candidate_scores = [scores[i * n : (i + 1) * n] for i in range(len(prompts))]
     index = [max(range(n), key=lambda j, s=s: (s[j], -j)) for s in candidate_scores]  # ties -> lowest j
     return BestOfN(
@@ -318,28 +415,37 @@ def best_of_n(
         index=index,
         candidates=candidates,
         candidate_scores=candidate_scores,
+        decoded=decoded,
     )
 
 
 def best_of_n_comparison(
     records: Sequence[Mapping],
     result: BestOfN,
-    tokenizer,
+    anchors: Mapping[str, Sequence[str]] | None = None,
     judge: Callable | None = None,
     *,
     confidence: float = 0.95,
     n_boot: int = 2000,
     seed: int = 0,
 ):
-    """Two rows (``first sample``, ``best of n``): win rate vs chosen with interval, lengths, n.
+    """Two :func:`decode_stats` rows (``first sample``, ``best of n``), indexed by that name: gold score,
+    win rates against ``anchors`` (e.g. the greedy SFT and DPO summaries), the implicit reward of the pick,
+    lengths and stops.
 
     Both rows come from the same samples, so the difference is only the reranking by the implicit reward."""
     import pandas as pd
 
     n = len(result.candidates[0]) if result.candidates else 0
-    rows = []
-    for name, texts in (("first sample", result.first_samples), (f"best of {n}", result.summaries)):
-        s = summary_stats(records, texts, tokenizer, judge, confidence=confidence, n_boot=n_boot, seed=seed)
-        s.pop("outcomes")
-        rows.append({"decoding": name, **s})
-    return pd.DataFrame(rows)
+    picks = {
+        "first sample": ([row[0] for row in result.decoded], [s[0] for s in result.candidate_scores]),
+        f"best of {n}": ([row[j] for row, j in zip(result.decoded, result.index)], result.scores),
+    }
+    rows = {}
+    for name, (decodes, rewards) in picks.items():
+        row = decode_stats(
+            records, decodes, anchors, judge, rewards=rewards, confidence=confidence, n_boot=n_boot, seed=seed
+        )
+        row.pop("outcomes")
+        rows[name] = row
+    return pd.DataFrame.from_dict(rows, orient="index")

@@ -13,13 +13,14 @@ summaries. The rule is part of the search (a ``StoppingCriteria`` in ``generate`
 new paragraph is finished, like one that writes EOS); the returned text is the first paragraph, with
 leading blank lines replaced by the single leading space TL;DR completions carry.
 
-Size exception: generate_summaries -- argument checks and one generate call for greedy, beam and sampled decoding; split next
+Size exception: decode_summaries -- argument checks and one generate call for greedy, beam and sampled decoding; split next
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
@@ -77,6 +78,40 @@ class _NewParagraphStop(StoppingCriteria):
 
 # ----------------------------------------------------------------------------------------------- generate
 
+#: How a decode ended (:attr:`Decoded.stop`): the EOS token, a new paragraph (``stop_at_newline``), or
+#: ``max_new_tokens`` with neither (the answer was cut off).
+STOP_REASONS = ("eos", "newline", "cap")
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One decoded completion: the returned ``text``, the ``n_tokens`` generated (up to and including the
+    stopping token, padding excluded) and the ``stop`` reason, one of :data:`STOP_REASONS`."""
+
+    text: str
+    n_tokens: int
+    stop: str
+
+
+def _stop_reason(row: list[int], tokenizer, *, max_new_tokens: int, stop_at_newline: bool) -> tuple[str, int]:
+    """``(stop, n_tokens)`` of one generated row (prompt columns removed).
+
+    ``generate`` pads a finished row with the pad token (SmolLM2: the EOS id itself), so the row is cut at
+    its first EOS; without one, trailing padding is dropped. A newline after some text means the
+    paragraph rule stopped it (checked first: that row is then padded too); an EOS, that the model ended
+    it; otherwise it ran into ``max_new_tokens``."""
+    eos, pad = tokenizer.eos_token_id, pad_token_id(tokenizer)
+    cut = row.index(eos) if eos in row else len(row)
+    body = row[:cut]
+    if cut == len(row) and pad != eos:
+        while body and body[-1] == pad:
+            body = body[:-1]
+    if stop_at_newline and "\n" in tokenizer.decode(body, skip_special_tokens=True).lstrip():
+        return "newline", len(body)
+    if cut < len(row):
+        return "eos", cut + 1
+    return ("cap" if len(body) >= max_new_tokens else "eos"), len(body)
+
 
 def _generation_config(
     tokenizer,
@@ -111,7 +146,12 @@ def _generation_config(
     return GenerationConfig(**kw)
 
 
-def generate_summaries(
+def generate_summaries(model, tokenizer, prompts: Sequence[str], **kwargs) -> list[str]:
+    """The texts of :func:`decode_summaries` (same arguments): one summary per prompt and returned sequence."""
+    return [d.text for d in decode_summaries(model, tokenizer, prompts, **kwargs)]
+
+
+def decode_summaries(
     model,
     tokenizer,
     prompts: Sequence[str],
@@ -130,8 +170,9 @@ def generate_summaries(
     share_prefill: bool = True,
     logits_processors: Callable[[torch.Tensor], list] | None = None,
     progress: bool = True,
-) -> list[str]:
-    """Decode one summary per prompt with ``model.generate``; returns the completions only (prompt stripped).
+) -> list[Decoded]:
+    """Decode one summary per prompt with ``model.generate``: a :class:`Decoded` per completion (its text with
+    the prompt stripped, the tokens generated and why it stopped).
 
     Decoding: greedy (``num_beams=1``), beam search (``num_beams>1``) or sampling (``do_sample=True``;
     ``temperature`` and ``top_k``, default 50 as in the paper; ``top_k=None`` or 0 samples from the full
@@ -192,7 +233,7 @@ def generate_summaries(
     )
     rows_per_prompt = num_beams if num_beams > 1 else num_return_sequences  # how generate expands the batch
     device = model_device(model)
-    out: list[str] = []
+    out: list[Decoded] = []
     with eval_mode(model):
         n_batches = math.ceil(len(encoded) / batch_size)
         for b in tqdm(range(n_batches), desc=f"generate (beams={num_beams})", disable=not progress):
@@ -205,6 +246,7 @@ def generate_summaries(
                 device,
                 seed=seed + b,
                 stop_at_newline=stop_at_newline,
+                max_new_tokens=max_new_tokens,
                 logits_processors=logits_processors,
                 prefill_rows=rows_per_prompt if share_prefill else 1,
             )
@@ -249,10 +291,11 @@ def _generate_batch(
     *,
     seed: int,
     stop_at_newline: bool,
+    max_new_tokens: int,
     logits_processors,
     prefill_rows: int,
-) -> list[str]:
-    """One left-padded batch of :func:`generate_summaries` through ``generate``: its completions, as text.
+) -> list[Decoded]:
+    """One left-padded batch of :func:`decode_summaries` through ``generate``: its completions.
 
     ``prefill_rows`` > 1 shares the prompt's prefill across that many rows per prompt (:func:`_shared_prefill`).
     """
@@ -276,9 +319,10 @@ def _generate_batch(
             **extra,
         )  # (B, T + new)
     out = []
-    for row in generated[:, width:].cpu():
+    for row in generated[:, width:].cpu().tolist():
         text = tokenizer.decode(row, skip_special_tokens=True)
-        out.append(first_paragraph(text) if stop_at_newline else text.rstrip())
+        stop, n_tokens = _stop_reason(row, tokenizer, max_new_tokens=max_new_tokens, stop_at_newline=stop_at_newline)
+        out.append(Decoded(first_paragraph(text) if stop_at_newline else text.rstrip(), n_tokens, stop))
     return out
 
 
