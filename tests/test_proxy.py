@@ -264,3 +264,19 @@ def test_steered_summaries_batch_like_one_prompt_at_a_time(tiny_lm, random_lm):
         first_paragraph(batched[0])
         == steered_summaries(base, proxy, ref, tok, prompts[:1], 1.0, max_new_tokens=10, progress=False)[0]
     )  # newline stop: same first paragraph
+
+
+def test_steering_the_base_by_sft_minus_base_is_the_sft_model(tiny_lm, random_lm):
+    """Chapter 8's control: base + 1 * (log pi_sft - log pi_base) is log pi_sft, so steering the base model with
+    the SFT-minus-base delta at strength 1 decodes what the SFT model decodes on its own."""
+    from qstar_lib.lm.decoding import decode_summaries
+    from qstar_lib.lm.proxy import steered_decodes
+
+    base, tok = tiny_lm
+    sft = random_lm(tok, 13)
+    prompts = ["POST: He earns 38k. TL;DR:", "The quick brown fox", "Q:", "A much longer prompt about a cat and a hat"]
+    kw = dict(max_new_tokens=12, progress=False, batch_size=2)
+    steered = steered_decodes(base, sft, base, tok, prompts, 1.0, **kw)
+    alone = decode_summaries(sft, tok, prompts, **kw)
+    assert steered == alone  # same texts, token counts and stop reasons
+    assert steered != decode_summaries(base, tok, prompts, **kw)  # and not the base model's

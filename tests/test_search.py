@@ -13,12 +13,11 @@ import torch
 
 from qstar_lib.data import synthetic_tldr
 from qstar_lib.eval.judge import compare
+from qstar_lib.eval.quality import decode_stats, decode_table, distinct_n
 from qstar_lib.eval.sweep import (
     SWEEP_COLUMNS,
     best_of_n,
     best_of_n_comparison,
-    decode_stats,
-    distinct_n,
     implicit_rewards,
     overoptimisation_sweep,
     plot_overoptimisation,
@@ -217,6 +216,17 @@ def test_decode_stats_with_the_gold_judge(short_records):
         decode_stats(short_records, _decoded(["a", "b", "c"]))
     with pytest.raises(ValueError, match="anchors\\['x'\\] has 1 texts"):
         decode_stats(short_records, _decoded(chosen), {"x": ["a"]})
+
+
+def test_decode_table_rows_and_anchors(short_records):
+    chosen = _decoded([r["chosen"] for r in short_records])
+    rejected = _decoded([r["rejected"] for r in short_records], stop="cap")
+    table = decode_table(short_records, {"chosen": chosen, "rejected": rejected}, {"vs_chosen": "chosen"}, n_boot=100)
+    assert list(table.index) == ["chosen", "rejected"]
+    assert table.loc["chosen", "vs_chosen"] == 0.5 and table.loc["rejected", "vs_chosen"] < 0.5
+    assert table.loc["rejected", "stop_cap"] == 1.0 and len(table.attrs["outcomes"]["rejected"]["vs_chosen"]) == 4
+    with pytest.raises(ValueError, match="'nope' is not among the decodes"):
+        decode_table(short_records, {"chosen": chosen}, {"vs": "nope"})
 
 
 def test_distinct_2_counts_repeated_bigrams():

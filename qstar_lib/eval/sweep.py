@@ -5,7 +5,7 @@ best-of-n.
 :mod:`qstar_lib.lm.value_search`), which is why the paper sees a few beams help and many beams hurt, with
 exploding lengths (reward over-optimisation). :func:`overoptimisation_sweep` decodes with
 :func:`qstar_lib.lm.decoding.decode_summaries` for each model (the DPO policy, and the SFT model as control),
-beam width and length penalty, and reports per setting (:func:`decode_stats`): the gold score as a number,
+beam width and length penalty, and reports per setting (:func:`qstar_lib.eval.quality.decode_stats`): the gold score as a number,
 win rates against the *greedy SFT* and *greedy DPO* summaries of the same prompt (never against the flawless
 chosen summary, which every decode can at best tie), the sequence implicit reward of the DPO policy, the
 log-ratio to the reference, length, how decodes stopped and how repetitive they are.
@@ -23,14 +23,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from qstar_lib.eval.judge import compare as gold_compare
-from qstar_lib.eval.judge import score_summary
+from qstar_lib.eval.quality import decode_stats
 from qstar_lib.lm.collate import encode_completion, pad_batch, pad_token_id, record_field
-from qstar_lib.lm.decoding import PAPER_TOP_K, STOP_REASONS, Decoded, decode_summaries
+from qstar_lib.lm.decoding import PAPER_TOP_K, Decoded, decode_summaries
 from qstar_lib.lm.logps import model_device, per_token_logps, sequence_logps
 from qstar_lib.lm.models import eval_mode
 from qstar_lib.plots import COLORS, new_figure
-from qstar_lib.stats import bootstrap_ci
 
 #: The two models of the sweep: the DPO policy and the SFT model it started from (pi_ref, the control).
 SWEEP_MODELS = ("dpo", "sft")
@@ -77,79 +75,6 @@ SWEEP_COLUMNS = (
 
 
 # ----------------------------------------------------------------------------------------------- judging
-
-
-def distinct_n(text: str, n: int = 2) -> float:
-    """Share of distinct word n-grams among the n-grams of ``text`` (1.0: no n-gram repeats; a decode that
-    loops one sentence tends to 0). NaN for a text of fewer than ``n`` words."""
-    words = text.split()
-    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
-    return len(set(grams)) / len(grams) if grams else float("nan")
-
-
-def _mean_ci(values, stats: dict) -> tuple[float, float, float]:
-    values = np.asarray(values, dtype=float)  # (N,)
-    if not len(values):
-        return float("nan"), float("nan"), float("nan")
-    low, high = bootstrap_ci(values, **stats)
-    return float(values.mean()), low, high
-
-
-def decode_stats(
-    records: Sequence[Mapping],
-    decodes: Sequence[Decoded],
-    anchors: Mapping[str, Sequence[str]] | None = None,
-    judge: Callable | None = None,
-    *,
-    rewards: Sequence[float] | None = None,
-    log_ratios: Sequence[float] | None = None,
-    confidence: float = 0.95,
-    n_boot: int = 2000,
-    seed: int = 0,
-) -> dict:
-    """One row of the sweep: the judged quality, length, stops and repetition of one decode per record.
-
-    - ``gold_score`` (with its interval): the mean :func:`qstar_lib.eval.judge.score_summary` score, beside
-      the mean counts of correct, contradicted and invented facts and of words;
-    - for each ``anchors`` entry ``name -> texts`` (one per record), ``name`` (and its interval): the win
-      rate of the decode against that text of the same record under ``judge`` (default: the gold judge's
-      :func:`qstar_lib.eval.judge.compare`; ties count one half);
-    - ``implicit_reward`` / ``kl`` (with intervals) when ``rewards`` / ``log_ratios`` (one per record) are
-      given, else NaN;
-    - ``mean_tokens`` (generated tokens, with interval), the share of each stop reason (``stop_eos``,
-      ``stop_newline``, ``stop_cap``), ``distinct_2`` (mean of :func:`distinct_n` over decodes of >= 2 words)
-      and ``n``. Also ``outcomes``: anchor name -> per-record judge results.
-    """
-    judge = gold_compare if judge is None else judge
-    if len(records) != len(decodes):
-        raise ValueError(f"{len(decodes)} decodes for {len(records)} records")
-    stats = dict(confidence=confidence, n_boot=n_boot, seed=seed)
-    texts = [d.text for d in decodes]
-    scores = [score_summary(t, r) for t, r in zip(texts, records)]
-    row: dict = {}
-    row["gold_score"], row["gold_score_lo"], row["gold_score_hi"] = _mean_ci([s.score for s in scores], stats)
-    outcomes = {}
-    for name, anchor in (anchors or {}).items():
-        if len(anchor) != len(records):
-            raise ValueError(f"anchors[{name!r}] has {len(anchor)} texts for {len(records)} records")
-        outcomes[name] = [float(judge(r, t, a)) for r, t, a in zip(records, texts, anchor)]
-        row[name], row[f"{name}_lo"], row[f"{name}_hi"] = _mean_ci(outcomes[name], stats)
-    for name, values in (("implicit_reward", rewards), ("kl", log_ratios)):
-        if values is not None and len(values) != len(records):
-            raise ValueError(f"{name}: {len(values)} values for {len(records)} records")
-        est = _mean_ci(values, stats) if values is not None else (float("nan"),) * 3
-        row[name], row[f"{name}_lo"], row[f"{name}_hi"] = est
-    row["mean_tokens"], row["mean_tokens_lo"], row["mean_tokens_hi"] = _mean_ci([d.n_tokens for d in decodes], stats)
-    for reason in STOP_REASONS:
-        row[f"stop_{reason}"] = float(np.mean([d.stop == reason for d in decodes])) if decodes else float("nan")
-    distinct = [distinct_n(t) for t in texts]
-    row["distinct_2"] = float(np.nanmean(distinct)) if not np.isnan(distinct).all() else float("nan")
-    for count in ("n_correct", "n_contradicted", "n_invented"):
-        row[count] = float(np.mean([getattr(s, count) for s in scores])) if scores else float("nan")
-    row["mean_words"] = float(np.mean([s.n_words for s in scores])) if scores else float("nan")
-    row["n"] = len(decodes)
-    row["outcomes"] = outcomes
-    return row
 
 
 def sequence_log_ratios(
@@ -203,7 +128,7 @@ def overoptimisation_sweep(
     progress: bool = True,
 ):
     """Our Fig. 2: for the DPO ``policy`` and for its reference ``ref_model`` (the SFT model, the control),
-    each beam width and length penalty, one :func:`decode_stats` row.
+    each beam width and length penalty, one :func:`qstar_lib.eval.quality.decode_stats` row.
 
     Returns a ``pandas.DataFrame`` with the columns :data:`SWEEP_COLUMNS`, one row per (model, decoding,
     num_beams, length_penalty): ``decoding`` is ``"beam"`` (``num_beams=1`` is greedy decoding, the same for
@@ -429,7 +354,7 @@ def best_of_n_comparison(
     n_boot: int = 2000,
     seed: int = 0,
 ):
-    """Two :func:`decode_stats` rows (``first sample``, ``best of n``), indexed by that name: gold score,
+    """Two :func:`qstar_lib.eval.quality.decode_stats` rows (``first sample``, ``best of n``), indexed by that name: gold score,
     win rates against ``anchors`` (e.g. the greedy SFT and DPO summaries), the implicit reward of the pick,
     lengths and stops.
 

@@ -86,6 +86,7 @@ _EXPORTS = {
     "implicit_advantage": "proxy",
     "proxy_distribution": "proxy",
     "proxy_logits": "proxy",
+    "steered_decodes": "proxy",
     "steered_summaries": "proxy",
     "logits_at_states": "proxy",
     "advantage_along": "proxy",

@@ -227,22 +227,30 @@ class ProxyTuningLogitsProcessor(LogitsProcessor):
         return proxy_logits(scores, proxy.to(scores.device), ref.to(scores.device), self.beta)  # (B, V)
 
 
-def steered_summaries(base_model, proxy_model, ref_model, tokenizer, prompts, beta: float, **generate_kwargs):
-    """One summary per prompt from ``base_model`` steered by eq. 14 with strength ``beta`` (0: unsteered).
+def steered_decodes(base_model, proxy_model, ref_model, tokenizer, prompts, beta: float, **generate_kwargs):
+    """One :class:`qstar_lib.lm.decoding.Decoded` per prompt from ``base_model`` steered by eq. 14 with
+    strength ``beta`` (0: unsteered).
 
-    :func:`qstar_lib.lm.decoding.generate_summaries` (batched, left-padded prompts, greedy by default, stopping
+    :func:`qstar_lib.lm.decoding.decode_summaries` (batched, left-padded prompts, greedy by default, stopping
     at EOS or a new paragraph) with a fresh :class:`ProxyTuningLogitsProcessor` per batch, built on that
     batch's prompt mask so the proxy and reference see the same positions as the base model. All three
-    models run in evaluation mode for the duration. ``generate_kwargs`` go to ``generate_summaries``.
+    models run in evaluation mode for the duration. ``generate_kwargs`` go to ``decode_summaries``.
     """
-    from qstar_lib.lm.decoding import generate_summaries
+    from qstar_lib.lm.decoding import decode_summaries
     from qstar_lib.lm.models import eval_mode
 
     def processors(attention_mask: torch.Tensor) -> list:
         return [ProxyTuningLogitsProcessor(proxy_model, ref_model, beta, attention_mask=attention_mask)]
 
     with eval_mode(proxy_model, ref_model):
-        return generate_summaries(base_model, tokenizer, prompts, logits_processors=processors, **generate_kwargs)
+        return decode_summaries(base_model, tokenizer, prompts, logits_processors=processors, **generate_kwargs)
+
+
+def steered_summaries(base_model, proxy_model, ref_model, tokenizer, prompts, beta: float, **generate_kwargs):
+    """The texts of :func:`steered_decodes` (same arguments)."""
+    return [
+        d.text for d in steered_decodes(base_model, proxy_model, ref_model, tokenizer, prompts, beta, **generate_kwargs)
+    ]
 
 
 def _model_device(model) -> torch.device:
