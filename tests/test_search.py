@@ -15,11 +15,13 @@ from qstar_lib.data import synthetic_tldr
 from qstar_lib.eval.judge import compare
 from qstar_lib.eval.quality import decode_stats, decode_table, distinct_n
 from qstar_lib.eval.sweep import (
+    PATTERN,
     SWEEP_COLUMNS,
     best_of_n,
     best_of_n_comparison,
     implicit_rewards,
     overoptimisation_sweep,
+    paper_pattern,
     plot_overoptimisation,
     sequence_log_ratios,
 )
@@ -285,6 +287,17 @@ def test_overoptimisation_sweep_columns_anchors_and_intervals(short_records, eos
     naive = implicit_rewards(policy, ref, tok, [short_records[0]["prompt"]], [text], beta)[0]
     logps = sequence_log_ratios([policy, ref], tok, [short_records[0]["prompt"]], [text])
     assert naive == pytest.approx(beta * (logps[0, 0] - logps[1, 0]), abs=1e-9)
+    pattern = paper_pattern(df, n_boot=300)
+    assert list(pattern.index) == [claim for claim, *_ in PATTERN]
+    beam = df[(df["model"] == "dpo") & (df["length_penalty"] == 0.0)].set_index("num_beams")
+    for claim, column, *_ in PATTERN:
+        row = pattern.loc[claim]
+        if row["num_beams_a"] == row["num_beams_b"]:  # widths 1-2 only: "many" is "few"
+            assert math.isnan(row["difference"]) and not row["holds"]
+            continue
+        want = beam.loc[row["num_beams_a"], column] - beam.loc[row["num_beams_b"], column]
+        assert row["difference"] == pytest.approx(want)  # the paired mean is the difference of the means
+        assert row["lo"] <= row["difference"] + 1e-12 <= row["hi"] + 2e-12
     fig = plot_overoptimisation(df)
     assert len(fig.axes) == 4
     import matplotlib.pyplot as plt

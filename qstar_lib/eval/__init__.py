@@ -92,7 +92,9 @@ _EXPORTS = {
     "best_of_n": "sweep",
     "best_of_n_comparison": "sweep",
     "implicit_rewards": "sweep",
+    "PATTERN": "sweep",
     "overoptimisation_sweep": "sweep",
+    "paper_pattern": "sweep",
     "plot_overoptimisation": "sweep",
     "sequence_log_ratios": "sweep",
 }

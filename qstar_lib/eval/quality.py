@@ -58,7 +58,9 @@ def decode_stats(
       given, else NaN;
     - ``mean_tokens`` (generated tokens, with interval), the share of each stop reason (``stop_eos``,
       ``stop_newline``, ``stop_cap``), ``distinct_2`` (mean of :func:`distinct_n` over decodes of >= 2 words)
-      and ``n``. Also ``outcomes``: anchor name -> per-record judge results.
+      and ``n``. Also ``outcomes`` (anchor name -> per-record judge results) and ``per_record`` (the per-record
+      ``gold_score``, ``mean_tokens`` and ``implicit_reward`` values the means are taken over, for paired
+      comparisons between settings).
     """
     judge = gold_compare if judge is None else judge
     if len(records) != len(decodes):
@@ -89,6 +91,11 @@ def decode_stats(
     row["mean_words"] = float(np.mean([s.n_words for s in scores])) if scores else float("nan")
     row["n"] = len(decodes)
     row["outcomes"] = outcomes
+    row["per_record"] = {
+        "gold_score": [sc.score for sc in scores],
+        "mean_tokens": [float(d.n_tokens) for d in decodes],
+        "implicit_reward": list(rewards) if rewards is not None else [float("nan")] * len(decodes),
+    }
     return row
 
 
@@ -113,6 +120,7 @@ def decode_table(
     for name, decoded in decodes.items():
         row = decode_stats(records, decoded, texts, judge, **stats)
         outcomes[name] = row.pop("outcomes")
+        row.pop("per_record")
         rows[name] = row
     df = pd.DataFrame.from_dict(rows, orient="index")
     df.attrs["outcomes"] = outcomes

@@ -29,6 +29,7 @@ from qstar_lib.lm.decoding import PAPER_TOP_K, Decoded, decode_summaries
 from qstar_lib.lm.logps import model_device, per_token_logps, sequence_logps
 from qstar_lib.lm.models import eval_mode
 from qstar_lib.plots import COLORS, new_figure
+from qstar_lib.stats import bootstrap_ci
 
 #: The two models of the sweep: the DPO policy and the SFT model it started from (pi_ref, the control).
 SWEEP_MODELS = ("dpo", "sft")
@@ -174,13 +175,14 @@ def overoptimisation_sweep(
     ratio = (logps[0] - logps[1]).reshape(len(keys), len(prompts))  # (settings, N): log pi_theta - log pi_ref
     anchors = {col: [d.text for d in decodes[(m, "beam", 1, None)]] for col, m in ANCHORS.items()}
     stats = dict(confidence=confidence, n_boot=n_boot, seed=seed)
-    rows, outcomes = [], {}
+    rows, outcomes, per_record = [], {}, {}
     for i, (name, decoding, k, lp) in enumerate(keys):
         kl = ratio[i] if name == "dpo" else np.zeros(len(prompts))
         row = decode_stats(
             records, decodes[(name, decoding, k, lp)], anchors, judge, rewards=beta * ratio[i], log_ratios=kl, **stats
         )
         outcomes[(name, decoding, k, lp)] = row.pop("outcomes")
+        per_record[(name, decoding, k, lp)] = row.pop("per_record")
         penalties = length_penalties if decoding == "beam" and k == 1 else [lp]  # greedy: a row per penalty
         for penalty in penalties:
             lp_col = float("nan") if penalty is None else float(penalty)
@@ -188,7 +190,52 @@ def overoptimisation_sweep(
     df = pd.DataFrame(rows, columns=list(SWEEP_COLUMNS))
     df.attrs["decodes"] = decodes
     df.attrs["outcomes"] = outcomes
+    df.attrs["per_record"] = per_record
     return df
+
+
+#: The parts of the paper's Fig. 2 pattern :func:`paper_pattern` tests: (name, column, setting a, setting b,
+#: direction). "few" is 5 beams (the paper's best width), or the widest below it that was run.
+PATTERN = (
+    ("a few beams beat one (gold score)", "gold_score", "few", 1, +1),
+    ("many beams lose to a few (gold score)", "gold_score", "max", "few", -1),
+    ("answers grow longer with beams (tokens)", "mean_tokens", "max", 1, +1),
+    ("the implicit reward rises with beams", "implicit_reward", "max", 1, +1),
+)
+
+
+def paper_pattern(df, model: str = "dpo", length_penalty: float = 0.0, *, n_boot: int = 2000, seed: int = 0):
+    """Which parts of the paper's Fig. 2 pattern an :func:`overoptimisation_sweep` shows, for one model and
+    length penalty: per :data:`PATTERN` row the paired difference (setting a minus setting b) of the
+    per-prompt values, its percentile-bootstrap interval over prompts, and ``holds``: the interval excludes 0
+    in the paper's direction. A row whose two settings coincide (only widths 1-2 were run, say) is NaN with
+    ``holds`` False. Returns a ``pandas.DataFrame`` indexed by the claim."""
+    import pandas as pd
+
+    per = df.attrs["per_record"]
+    beams = sorted(k for (m, d, k, lp) in per if m == model and d == "beam")
+    if not beams:
+        raise ValueError(f"no beam rows for model {model!r} in the sweep")
+    few = 5 if 5 in beams else max([k for k in beams if 1 < k <= 5], default=1)
+    widths = {"few": few, "max": max(beams), 1: 1}
+
+    def values(k: int, column: str) -> np.ndarray:
+        key = (model, "beam", 1, None) if k == 1 else (model, "beam", k, float(length_penalty))
+        if key not in per:
+            raise ValueError(f"the sweep has no row {key}")
+        return np.asarray(per[key][column], dtype=float)  # (N,)
+
+    rows = {}
+    for claim, column, a, b, sign in PATTERN:
+        ka, kb = widths[a], widths[b]
+        if ka == kb:
+            rows[claim] = dict(num_beams_a=ka, num_beams_b=kb, difference=np.nan, lo=np.nan, hi=np.nan, holds=False)
+            continue
+        diff = values(ka, column) - values(kb, column)  # (N,) paired by prompt
+        low, high = bootstrap_ci(diff, n_boot=n_boot, seed=seed)
+        holds = bool(low > 0) if sign > 0 else bool(high < 0)
+        rows[claim] = dict(num_beams_a=ka, num_beams_b=kb, difference=float(diff.mean()), lo=low, hi=high, holds=holds)
+    return pd.DataFrame.from_dict(rows, orient="index")
 
 
 def plot_overoptimisation(df, reference_score: float | None = 1.0, title: str | None = None):
@@ -372,5 +419,6 @@ def best_of_n_comparison(
             records, decodes, anchors, judge, rewards=rewards, confidence=confidence, n_boot=n_boot, seed=seed
         )
         row.pop("outcomes")
+        row.pop("per_record")
         rows[name] = row
     return pd.DataFrame.from_dict(rows, orient="index")
