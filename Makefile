@@ -13,9 +13,11 @@ env:
 	@bash scripts/setup_env.sh $(if $(filter env,$(MAKECMDGOALS)),--repair)
 
 ## Executed HTML book in _build/html at $QSTAR_SCALE (unset: gpu if CUDA else cpu). Strict: any execution
-## error or Sphinx warning fails the build.
+## error or Sphinx warning fails the build. Executed notebooks are cached per library digest and scale
+## (scripts/book_cache.py): a rebuild after a prose edit executes nothing; FRESH=1 executes everything again.
 book: env
 	@bash scripts/web_assets.sh
+	@$(PY) scripts/book_cache.py $(if $(FRESH),--fresh)
 	$(VENV)/bin/jupyter-book build . --builder html --warningiserror --nitpick --keep-going
 
 ## Every test: lint, notebook hygiene, pytest over tests/, nbval over every notebook, all at ci scale.
