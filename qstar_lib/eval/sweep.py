@@ -106,6 +106,26 @@ def sequence_log_ratios(
     return out
 
 
+def _decode_all(models, tokenizer, prompts, settings, gen, sampling, early_stopping, progress):
+    """``{(model name, decoding, num_beams, length_penalty): [Decoded] * N}`` for every model and setting."""
+    from tqdm.auto import tqdm
+
+    decodes: dict[tuple, list[Decoded]] = {}
+    bar = tqdm(total=len(models) * len(settings), desc="sweep", disable=not progress)
+    for name, model in models.items():
+        for decoding, k, lp in settings:
+            if decoding == "sample":
+                opts = sampling
+            else:
+                opts = dict(num_beams=k, length_penalty=lp or 0.0, early_stopping=early_stopping)
+            decodes[(name, decoding, k, lp)] = decode_summaries(
+                model, tokenizer, prompts, progress=False, **gen, **opts
+            )
+            bar.update()
+    bar.close()
+    return decodes
+
+
 def overoptimisation_sweep(
     policy,
     ref_model,
@@ -143,7 +163,6 @@ def overoptimisation_sweep(
     outcomes in ``df.attrs["outcomes"]``.
     """
     import pandas as pd
-    from tqdm.auto import tqdm
 
     beams = sorted({int(k) for k in beams})
     if not beams or min(beams) < 1:
@@ -156,19 +175,8 @@ def overoptimisation_sweep(
     if include_sampling:
         settings.append(("sample", 1, None))
     models = {"dpo": policy, "sft": ref_model}
-    decodes: dict[tuple, list[Decoded]] = {}
-    bar = tqdm(total=len(models) * len(settings), desc="sweep", disable=not progress)
-    for name, model in models.items():
-        for decoding, k, lp in settings:
-            if decoding == "sample":
-                opts = dict(do_sample=True, temperature=temperature, top_k=top_k)
-            else:
-                opts = dict(num_beams=k, length_penalty=lp or 0.0, early_stopping=early_stopping)
-            decodes[(name, decoding, k, lp)] = decode_summaries(
-                model, tokenizer, prompts, progress=False, **gen, **opts
-            )
-            bar.update()
-    bar.close()
+    sampling = dict(do_sample=True, temperature=temperature, top_k=top_k)
+    decodes = _decode_all(models, tokenizer, prompts, settings, gen, sampling, early_stopping, progress)
     keys = list(decodes)
     flat = [d.text for key in keys for d in decodes[key]]
     logps = sequence_log_ratios([policy, ref_model], tokenizer, prompts * len(keys), flat, batch_size=batch_size)
