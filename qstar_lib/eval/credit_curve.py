@@ -47,19 +47,25 @@ def localisation_curve(
     *,
     kinds: Sequence[str] = SINGLE_KINDS,
     metric: str = "auroc_rec",
+    cache: bool = False,
     **score_kw,
 ):
     """``metric`` of the implicit reward of each checkpoint ``load(step)`` against the reference whose
     :func:`qstar_lib.lm.logps.pair_logps` rows are ``ref_logps``: a DataFrame indexed by step, one column
-    per kind. Each model is released before the next is loaded."""
+    per kind. Each model is released before the next is loaded. ``cache``: each checkpoint's log-probs
+    through the disk cache (:func:`qstar_lib.lm.logps_cache.cached_score_pairs`)."""
     import pandas as pd
 
     from qstar_lib.lm.logps import score_pairs
+    from qstar_lib.lm.logps_cache import cached_score_pairs
 
     rows = {}
     for step in steps:
         model = load(step)
-        scored = score_pairs(model, None, tokenizer, records, beta, ref_scores=ref_logps, **score_kw)
+        if cache:
+            scored = cached_score_pairs(model, tokenizer, records, beta, ref_logps, **score_kw)
+        else:
+            scored = score_pairs(model, None, tokenizer, records, beta, ref_scores=ref_logps, **score_kw)
         del model
         rewards = {"reward": [r["rejected_rewards"] for r in scored]}
         table = credit_table(rewards, credit_targets(scored), kinds=kinds, reference=None)

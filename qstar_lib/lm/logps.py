@@ -371,11 +371,14 @@ def score_pairs(
     max_prompt_length: int | None = None,
     ref_scores: Sequence[Mapping] | None = None,
     progress: bool = True,
+    scores: Sequence[Mapping] | None = None,
 ) -> list[dict]:
     """Per-token implicit rewards (eq. 10) of the chosen and rejected completions of each record.
 
     The reference log-probs come from ``ref_model`` or, when ``ref_model`` is None, from ``ref_scores``:
-    the output of :func:`pair_logps` for the reference model on the same records and lengths.
+    the output of :func:`pair_logps` for the reference model on the same records and lengths. Likewise
+    the policy's come from ``model`` or, when ``scores`` is given (``model`` is then ignored), from its
+    :func:`pair_logps` rows, e.g. read from disk by :func:`qstar_lib.lm.logps_cache.cached_score_pairs`.
 
     Returns one dict per record with, for ``side`` in chosen/rejected:
         ``{side}_rewards`` list[float], beta * (log pi - log pi_ref) per completion token (aligned as in
@@ -391,10 +394,10 @@ def score_pairs(
     if (ref_model is None) == (ref_scores is None):
         raise ValueError("give exactly one of ref_model and ref_scores (the pair_logps output of the reference)")
     kw = dict(batch_size=batch_size, max_length=max_length, max_prompt_length=max_prompt_length, progress=progress)
-    policy = pair_logps(model, tokenizer, records, **kw)
+    policy = pair_logps(model, tokenizer, records, **kw) if scores is None else list(scores)
     ref = pair_logps(ref_model, tokenizer, records, **kw) if ref_model is not None else list(ref_scores)
-    if len(ref) != len(policy):
-        raise ValueError(f"ref_scores has {len(ref)} entries for {len(policy)} records")
+    if len(ref) != len(records) or len(policy) != len(records):
+        raise ValueError(f"{len(policy)} policy and {len(ref)} reference rows for {len(records)} records")
     out = []
     for i, (p, r) in enumerate(zip(policy, ref)):
         row = {}
