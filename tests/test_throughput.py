@@ -136,3 +136,20 @@ def test_training_state_bytes():
         training_state_bytes(10, "lion")
     with pytest.raises(ValueError):
         training_state_bytes(10, n_shards=0)
+
+
+def test_the_phase_benchmark_runs_and_prints_every_phase(capsys):
+    """``benchmarks/bench_phases.py`` on the tiny model at its smallest sizes: a smoke test of the command (the
+    numbers are measured by running it, never asserted)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_phases.py"
+    spec = importlib.util.spec_from_file_location("bench_phases", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--model", "tiny", "--quick"]) == 0
+    out = capsys.readouterr().out
+    for phase in bench.TARGETS:
+        assert phase in out
+    assert "matmul float32" in out and "capability" in out
