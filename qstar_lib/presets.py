@@ -57,9 +57,11 @@ def preset(scale_name: str | None = None) -> ExperimentPreset:
       per pair of log-probs. 20 SFT steps (160 of the 256 chosen
       summaries, lr 2e-5); DPO from SFT for 64 steps of 4 pairs (256 pairs seen, lr 1e-5), a checkpoint every
       16 steps (64, 128, 192, 256 pairs: the credit-vs-pairs curve); the two control runs as long, on the
-      same pairs (equal pairs seen at every checkpoint); 128 test and 64 validation pairs. Estimated 20 + 3 x 19
-      min of training plus 19 for DPO without SFT; this preset has not been run yet. (The cpu-book issue asks for 4-8x more pairs; its levers are
-      not built yet.)
+      same pairs (equal pairs seen at every checkpoint); 128 test and 64 validation pairs. First run
+      (2026-12-02, the same AMD EPYC, fp32, 2 threads, niced while other jobs shared the two cores, so these
+      are upper bounds): SFT 407 s (20.3 s per step of 8), DPO from SFT 1803 s (28.2 s per step of 4 pairs,
+      the reference log-probs included), continued SFT 1250 s (19.5 s per step of 4). (The cpu-book issue
+      asks for 4-8x more pairs; its levers are not built yet.)
     - ``gpu``: the same model on ten times the data and steps.
     """
     return scale.pick(
