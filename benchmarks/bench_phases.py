@@ -96,26 +96,33 @@ def logps_phase(model, tokenizer, records, ref_rows=None) -> tuple[float, int, d
     enc = [len(tokenizer(r["prompt"], add_special_tokens=False).input_ids) for r in records]
     comp = [len(row["chosen_ids"]) + len(row["rejected_ids"]) for row in rows]
     n = sum(enc) + sum(comp)  # the prompt once per pair (shared-prompt rows)
-    rows_len = [p + c for p, c in zip(enc, comp)]
-    flops = step_flops(model.config, n, _attended(rows_len), sum(comp), training=False)
+    # shared-prompt rows: chosen tokens see the prompt and the chosen prefix, rejected ones the prompt and the
+    # rejected prefix (never the chosen tokens)
+    sides = [(len(row["chosen_ids"]), len(row["rejected_ids"])) for row in rows]
+    attended = sum(_attended([p + c]) + p * r + r * (r + 1) // 2 for p, (c, r) in zip(enc, sides))
+    flops = step_flops(model.config, n, attended, sum(comp), training=False)
     return seconds, n, flops, rows
 
 
-def beam_phase(model, tokenizer, prompts, num_beams: int, max_new_tokens: int) -> tuple[float, int, dict]:
+def beam_phase(model, tokenizer, prompts, num_beams: int, max_new_tokens: int, batch: int = 4):
     """Seconds of :func:`decode_summaries` with ``num_beams``; FLOPs of the prompt prefill plus one forward of
-    every beam row per decoding step (the steps of a batch: its longest decode)."""
+    every beam row per decoding step, a batch running for as many steps as its longest returned decode. An
+    estimate: with ``early_stopping=False`` HF may step a batch a little further than that."""
     from qstar_lib.lm.decoding import decode_summaries
     from qstar_lib.lm.throughput import step_flops
 
     t0 = time.perf_counter()
     out = decode_summaries(
-        model, tokenizer, prompts, num_beams=num_beams, max_new_tokens=max_new_tokens, batch_size=4, progress=False
+        model, tokenizer, prompts, num_beams=num_beams, max_new_tokens=max_new_tokens, batch_size=batch, progress=False
     )
     seconds = time.perf_counter() - t0
     lens = [len(tokenizer(p, add_special_tokens=False).input_ids) for p in prompts]
-    steps = max(d.n_tokens for d in out) or 1
-    n_new = len(prompts) * num_beams * steps  # beam rows x steps (an upper bound of what ran)
-    attended = sum(num_beams * (p * steps + steps * (steps + 1) // 2) for p in lens)
+    n_new = attended = 0
+    for lo in range(0, len(prompts), batch):
+        steps = max(d.n_tokens for d in out[lo : lo + batch])  # the batch's longest decode
+        n_new += len(lens[lo : lo + batch]) * num_beams * steps
+        # a new token at step t attends to the prompt and the t - 1 tokens before it, and itself
+        attended += sum(num_beams * (p * steps + steps * (steps + 1) // 2) for p in lens[lo : lo + batch])
     prefill = step_flops(model.config, sum(lens), _attended(lens), len(prompts), training=False)
     decode = step_flops(model.config, n_new, attended, n_new, training=False)
     return seconds, n_new, {k: prefill[k] + decode[k] for k in decode}

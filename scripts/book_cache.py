@@ -3,7 +3,7 @@
 ``_config.yml`` runs the notebooks with Jupyter Book's execution cache (``execute_notebooks: cache``,
 jupyter-cache in ``_build/.jupyter_cache``), which re-executes a notebook only when its code cells change. The
 chapters' outputs also depend on what they import: the ``qstar_lib`` source, the family files, the locked
-versions and ``$QSTAR_SCALE``. This script hashes those and makes ``_build/.jupyter_cache`` a link to
+versions, the configs, the judge's environment variables and ``$QSTAR_SCALE``. This script hashes those and makes ``_build/.jupyter_cache`` a link to
 ``_build/jupyter_cache/<scale>-<digest>``, so a change to any of them starts from an empty cache (every
 notebook executed again), while a prose edit reuses every executed notebook. Folders of other digests stay
 (switching back is free); ``--fresh`` empties the current one (a clean build); ``--prune`` removes the others.
@@ -21,7 +21,11 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-INPUTS = ("qstar_lib/**/*.py", "qstar_lib/**/*.json", "requirements.lock", "_config.yml")
+INPUTS = ("qstar_lib/**/*.py", "qstar_lib/**/*.json", "configs/**/*", "requirements.lock", "_config.yml")
+#: Environment variables the chapters read (qstar_lib.scale): their values (the judge key only as set or not)
+#: are part of the key too.
+ENVIRONMENT = ("QSTAR_JUDGE_BASE_URL", "QSTAR_JUDGE_MODEL", "ACCELERATE_MIXED_PRECISION", "QSTAR_CACHE")
+SECRETS = ("QSTAR_JUDGE_API_KEY",)
 
 
 def digest(root: Path = ROOT) -> str:
@@ -30,6 +34,10 @@ def digest(root: Path = ROOT) -> str:
     files = sorted({p for pattern in INPUTS for p in root.glob(pattern) if p.is_file()})
     for path in files:
         h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    for name in ENVIRONMENT:
+        h.update(f"{name}={os.environ.get(name, '')}\0".encode())
+    for name in SECRETS:
+        h.update(f"{name} set={bool(os.environ.get(name))}\0".encode())
     return h.hexdigest()[:12]
 
 

@@ -418,3 +418,32 @@ def test_eq12_step_score_is_beta_log_pi_theta_and_a_zero_value():
     assert float(value.abs().max()) < 1e-12
     with pytest.raises(ValueError, match="vocabulary"):
         eq12_step_score(logp, ref_logp[:, :5], beta=0.3)
+
+
+class _FakeTokenizer:
+    """Ids 0-9 decode to letters, 10 to a newline; EOS and pad configurable."""
+
+    def __init__(self, eos, pad):
+        self.eos_token_id, self.pad_token_id = eos, pad
+
+    def decode(self, ids, skip_special_tokens=True):
+        skip = {self.eos_token_id, self.pad_token_id} if skip_special_tokens else set()
+        return "".join("\n" if i == 10 else chr(97 + i) for i in ids if i not in skip)
+
+
+@pytest.mark.parametrize(
+    "eos, pad, row, stop, n",
+    [
+        (2, 2, [5, 6, 2, 2], "eos", 3),  # pad == eos (SmolLM2): the EOS counts, the padding does not
+        (2, 2, [5, 10, 6, 2], "newline", 3),  # a paragraph stop, then padding that reads as EOS
+        (2, 2, [5, 6, 7, 8], "cap", 4),
+        (2, 2, [5, 6, 7, 2], "eos", 4),  # EOS written at the limit is still the model's stop
+        (0, 1, [5, 6, 5, 1], "cap", 4),  # pad != eos (tiny): a generated pad id at the limit is a token
+        (0, 1, [5, 10, 1, 1], "newline", 2),
+        (0, 1, [5, 0, 1, 1], "eos", 2),
+    ],
+)
+def test_stop_reason_of_one_row(eos, pad, row, stop, n):
+    from qstar_lib.lm.decoding import _stop_reason
+
+    assert _stop_reason(row, _FakeTokenizer(eos, pad), max_new_tokens=4, stop_at_newline=True) == (stop, n)

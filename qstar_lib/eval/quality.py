@@ -109,9 +109,12 @@ def decode_table(
     """A ``pandas.DataFrame`` of :func:`decode_stats` rows, one per entry of ``decodes`` (name -> one decode per
     record), in that order. ``anchors`` maps a column name to the name of the decodes every row is compared
     with (e.g. ``{"win_rate_vs_base": "base"}``); ``stats`` go to :func:`decode_stats` (``n_boot``, ``seed``,
-    ``confidence``, ``rewards`` is not accepted here). The judge outcomes are in ``df.attrs["outcomes"]``."""
+    ``confidence``; per-record ``rewards`` or ``log_ratios`` belong to one row, so they raise here). The judge
+    outcomes are in ``df.attrs["outcomes"]``."""
     import pandas as pd
 
+    if {"rewards", "log_ratios"} & set(stats):
+        raise ValueError("rewards and log_ratios are per row: call decode_stats for each row instead")
     for column, name in (anchors or {}).items():
         if name not in decodes:
             raise ValueError(f"anchors[{column!r}] = {name!r} is not among the decodes ({', '.join(decodes)})")

@@ -38,8 +38,10 @@ SWEEP_MODELS = ("dpo", "sft")
 ANCHORS = {"win_rate_vs_sft": "sft", "win_rate_vs_dpo_greedy": "dpo"}
 
 #: Columns of :func:`overoptimisation_sweep`'s table; ``*_lo``/``*_hi`` are percentile-bootstrap intervals
-#: over prompts. ``kl`` is the mean log-ratio log pi_model(y|x) - log pi_ref(y|x) of the decodes (nats): a
-#: KL estimate for samples, the log-ratio of the search's answer for beams; 0 for the SFT model (pi_ref).
+#: over prompts. ``kl`` is the mean log-ratio log pi_model(y|x) - log pi_ref(y|x) of the decodes (nats), scored
+#: on the returned summary (its first paragraph) with an EOS appended, as the DPO loss scores summaries: the
+#: log-ratio of the answers found, not a KL divergence (top-k samples and beams are not draws from pi_model);
+#: 0 for the SFT model (pi_ref), implicit_reward / beta for the DPO policy.
 SWEEP_COLUMNS = (
     "num_beams",
     "length_penalty",
@@ -274,9 +276,7 @@ def plot_overoptimisation(df, reference_score: float | None = 1.0, title: str | 
                     part["num_beams"], part[f"{col}_lo"], part[f"{col}_hi"], color=colors.get(model), alpha=0.1, lw=0
                 )
         for _, row in sample.iterrows():
-            ax.axhline(
-                row[col], color=colors.get(row["model"]), ls=":", lw=1.0, label=f"{row['model']}, one sample (T=1)"
-            )
+            ax.axhline(row[col], color=colors.get(row["model"]), ls=":", lw=1.0, label=f"{row['model']}, one sample")
         if col == "gold_score" and reference_score is not None:
             ax.axhline(reference_score, color="black", lw=0.8, label="chosen summary")
         if col == "win_rate_vs_sft":

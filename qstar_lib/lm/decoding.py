@@ -97,20 +97,20 @@ def _stop_reason(row: list[int], tokenizer, *, max_new_tokens: int, stop_at_newl
     """``(stop, n_tokens)`` of one generated row (prompt columns removed).
 
     ``generate`` pads a finished row with the pad token (SmolLM2: the EOS id itself), so the row is cut at
-    its first EOS; without one, trailing padding is dropped. A newline after some text means the
-    paragraph rule stopped it (checked first: that row is then padded too); an EOS, that the model ended
-    it; otherwise it ran into ``max_new_tokens``."""
+    its first EOS. A newline after some text means the paragraph rule stopped it (checked first: that row
+    is then padded too, and trailing padding is dropped from its count); an EOS, that the model ended it;
+    otherwise it ran into ``max_new_tokens`` (a generated pad id is then an ordinary token)."""
     eos, pad = tokenizer.eos_token_id, pad_token_id(tokenizer)
     cut = row.index(eos) if eos in row else len(row)
     body = row[:cut]
-    if cut == len(row) and pad != eos:
-        while body and body[-1] == pad:
-            body = body[:-1]
     if stop_at_newline and "\n" in tokenizer.decode(body, skip_special_tokens=True).lstrip():
+        if cut == len(row) and pad != eos:  # the padding after the paragraph stop is not generated text
+            while body and body[-1] == pad:
+                body = body[:-1]
         return "newline", len(body)
     if cut < len(row):
         return "eos", cut + 1
-    return ("cap" if len(body) >= max_new_tokens else "eos"), len(body)
+    return "cap", len(row)  # neither EOS nor a paragraph stop: only the token limit ends a row
 
 
 def _generation_config(

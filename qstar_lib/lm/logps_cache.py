@@ -4,8 +4,8 @@ Chapter 5 scores the same evaluation pairs with the SFT model (the reference and
 base model, the DPO policy and the control runs, at several checkpoints; a rebuild after a change elsewhere
 would compute every one of them again. :func:`cached_pair_logps` keys the output of
 :func:`qstar_lib.lm.logps.pair_logps` on what determines it -- a digest of the model's weights
-(:func:`weights_digest`), of the records (:func:`records_digest`), the tokenizer's vocabulary and the
-lengths -- and stores it as gzipped JSON under ``cache_dir()/logps``. Data, not pickles: the file holds lists
+(:func:`weights_digest`), of the records (:func:`records_digest`), the tokenizer, the lengths and the source
+of the modules that compute them (:data:`SOURCES`) -- and stores it as gzipped JSON under ``cache_dir()/logps``. Data, not pickles: the file holds lists
 of numbers and ids, and a file that does not parse is computed again.
 """
 
@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import tempfile
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -47,14 +48,34 @@ def records_digest(records: Sequence[Mapping]) -> str:
 
 
 def _tokenizer_digest(tokenizer) -> str:
-    vocab = sorted(tokenizer.get_vocab().items())
-    return hashlib.blake2b(json.dumps(vocab).encode(), digest_size=8).hexdigest()
+    """The vocabulary, the full tokenizer definition where the fast backend has one (merges, normaliser,
+    pre-tokenizer) and the EOS id (appended to every completion)."""
+    h = hashlib.blake2b(digest_size=8)
+    h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        h.update(backend.to_str().encode())
+    h.update(f"eos={tokenizer.eos_token_id};pad={getattr(tokenizer, 'pad_token_id', None)}".encode())
+    return h.hexdigest()
+
+
+#: The modules whose code decides what :func:`qstar_lib.lm.logps.pair_logps` returns: their source is part of
+#: the key, so a change to the encoding, truncation or scoring code never reads an old file.
+SOURCES = ("lm/logps.py", "lm/collate.py", "data/records.py")
+
+
+def _source_digest() -> str:
+    root = Path(__file__).resolve().parents[1]  # qstar_lib/
+    h = hashlib.blake2b(digest_size=8)
+    for name in SOURCES:
+        h.update(name.encode() + b"\0" + (root / name).read_bytes())
+    return h.hexdigest()
 
 
 def cache_key(model, tokenizer, records: Sequence[Mapping], max_length: int, max_prompt_length: int | None) -> str:
     """The file name of one :func:`cached_pair_logps` entry (without the folder)."""
     parts = [weights_digest(model), records_digest(records), _tokenizer_digest(tokenizer)]
-    parts += [str(max_length), str(max_prompt_length), f"v{FORMAT_VERSION}"]
+    parts += [str(max_length), str(max_prompt_length), f"v{FORMAT_VERSION}", _source_digest()]
     return hashlib.blake2b("-".join(parts).encode(), digest_size=10).hexdigest() + ".json.gz"
 
 
@@ -84,7 +105,7 @@ def cached_pair_logps(
                 rows = json.load(f)
             if isinstance(rows, list) and len(rows) == len(records):
                 return rows
-        except (OSError, ValueError, EOFError):
+        except (OSError, ValueError, EOFError, zlib.error):
             pass  # unreadable: compute again below
     rows = pair_logps(
         model, tokenizer, records, batch_size=batch_size, max_length=max_length,
@@ -93,9 +114,13 @@ def cached_pair_logps(
     COMPUTED["count"] += 1
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=folder)
-    with os.fdopen(fd, "wb") as raw, gzip.open(raw, "wt", encoding="utf-8") as f:
-        json.dump(rows, f)
-    os.replace(tmp, path)  # atomic: a reader sees the old state or the whole file
+    try:
+        with os.fdopen(fd, "wb") as raw, gzip.open(raw, "wt", encoding="utf-8") as f:
+            json.dump(rows, f)
+        os.replace(tmp, path)  # atomic: a reader sees the old state or the whole file
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return rows
 
 
