@@ -81,3 +81,15 @@ def bootstrap_ci(
         [statistic(*[[a[i] for i in idx] for a in per_record]) for idx in resample_indices(n, n_boot, seed)]
     )  # (n_boot,)
     return percentile_interval(stats, confidence)
+
+
+def mean_ci(values, *, confidence: float = 0.95, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """``(mean, low, high)`` of the defined (non-NaN) entries of ``values``, the interval from
+    :func:`bootstrap_ci` over them; NaNs when no entry is defined, NaN bounds when ``n_boot`` is 0."""
+    v = np.asarray(values, dtype=float).reshape(-1)  # (N,)
+    v = v[~np.isnan(v)]
+    if not v.size:
+        return float("nan"), float("nan"), float("nan")
+    if not n_boot:
+        return float(v.mean()), float("nan"), float("nan")
+    return (float(v.mean()), *bootstrap_ci(v, confidence=confidence, n_boot=n_boot, seed=seed))

@@ -30,7 +30,7 @@ from qstar_lib.eval.credit import (
     top1_localisation,
     where_is_the_minimum,
 )
-from qstar_lib.stats import bootstrap_ci, percentile_interval, resample_indices
+from qstar_lib.stats import mean_ci, percentile_interval, resample_indices
 
 __all__ = ["CI", "SINGLE_KINDS", "TABLE_KINDS", "credit_report", "credit_table", "credit_targets", "minimum_table"]
 
@@ -132,13 +132,8 @@ def credit_targets(scored: Sequence[Mapping]) -> list[dict]:
 
 
 def _mean_ci(values: np.ndarray, n_boot: int, seed: int) -> tuple[float, float, float]:
-    """Mean of the defined entries of ``values`` and its :func:`qstar_lib.stats.bootstrap_ci` over records."""
-    v = values[~np.isnan(values)]
-    if not v.size:
-        return math.nan, math.nan, math.nan
-    if not n_boot:
-        return float(v.mean()), math.nan, math.nan
-    return (float(v.mean()), *bootstrap_ci(v, n_boot=n_boot, seed=seed))
+    """Mean of the defined entries of ``values`` and its interval over records (:func:`qstar_lib.stats.mean_ci`)."""
+    return mean_ci(values, n_boot=n_boot, seed=seed)
 
 
 def _group(targets: Sequence[dict], kind: str, subset: str | None = None) -> list[int]:

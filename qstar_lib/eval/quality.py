@@ -16,7 +16,7 @@ import numpy as np
 from qstar_lib.eval.judge import compare as gold_compare
 from qstar_lib.eval.judge import score_summary
 from qstar_lib.lm.decoding import STOP_REASONS, Decoded
-from qstar_lib.stats import bootstrap_ci
+from qstar_lib.stats import mean_ci
 
 
 def distinct_n(text: str, n: int = 2) -> float:
@@ -28,11 +28,7 @@ def distinct_n(text: str, n: int = 2) -> float:
 
 
 def _mean_ci(values, stats: dict) -> tuple[float, float, float]:
-    values = np.asarray(values, dtype=float)  # (N,)
-    if not len(values):
-        return float("nan"), float("nan"), float("nan")
-    low, high = bootstrap_ci(values, **stats)
-    return float(values.mean()), low, high
+    return mean_ci(values, **stats)
 
 
 def decode_stats(
