@@ -177,6 +177,29 @@ def test_generate_rejects_bad_arguments(tiny_lm):
         generate_summaries(model, tok, PROMPTS, num_beams=0)
     with pytest.raises(ValueError, match=r"prompts\[1\]"):
         generate_summaries(model, tok, ["Q:", ""])
+    with pytest.raises(ValueError, match="rows_per_call"):
+        generate_summaries(model, tok, PROMPTS, rows_per_call=0)
+
+
+def test_rows_per_call_sets_the_prompts_per_call(tiny_lm, monkeypatch):
+    """rows_per_call // rows per prompt prompts go to each generate call (at least one), and the beams found
+    are the ones of plain batches of that size."""
+    import qstar_lib.lm.decoding as decoding
+
+    model, tok = tiny_lm
+    sizes = []
+    real = decoding._generate_batch
+    monkeypatch.setattr(
+        decoding, "_generate_batch", lambda m, t, chunk, *a, **k: sizes.append(len(chunk)) or real(m, t, chunk, *a, **k)
+    )
+    kw = dict(num_beams=3, length_penalty=0.0, max_new_tokens=6, progress=False, stop_at_newline=False)
+    by_rows = generate_summaries(model, tok, PROMPTS, rows_per_call=7, **kw)  # 7 // 3 = 2 prompts a call
+    assert sizes == [2] * (len(PROMPTS) // 2) + [len(PROMPTS) % 2] * (len(PROMPTS) % 2)
+    sizes.clear()
+    assert by_rows == generate_summaries(model, tok, PROMPTS, batch_size=2, **kw)
+    sizes.clear()
+    generate_summaries(model, tok, PROMPTS, rows_per_call=2, **kw)  # fewer rows than beams: one prompt a call
+    assert sizes == [1] * len(PROMPTS)
 
 
 # ----------------------------------------------------------------------------------------------- statistics

@@ -34,6 +34,11 @@ from qstar_lib.stats import bootstrap_ci
 #: The two models of the sweep: the DPO policy and the SFT model it started from (pi_ref, the control).
 SWEEP_MODELS = ("dpo", "sft")
 
+#: Rows (prompts x beams or samples) per ``generate`` call of the sweep and of best-of-n: on a CPU a decoding step
+#: of a small model is bound by reading its weights, so ~100 rows cost little more than 16 (see
+#: :func:`qstar_lib.lm.decoding.decode_summaries`); on a GPU it is still far from filling the device.
+ROWS_PER_CALL = 96
+
 #: The anchors every decode is compared with: the greedy decode of each model on the same prompt.
 ANCHORS = {"win_rate_vs_sft": "sft", "win_rate_vs_dpo_greedy": "dpo"}
 
@@ -141,6 +146,7 @@ def overoptimisation_sweep(
     *,
     max_new_tokens: int = 128,
     batch_size: int = 8,
+    rows_per_call: int = ROWS_PER_CALL,
     seed: int = 0,
     temperature: float = 1.0,
     top_k: int | None = PAPER_TOP_K,
@@ -163,6 +169,9 @@ def overoptimisation_sweep(
     are in ``df.attrs["decodes"]`` keyed by ``(model, decoding, num_beams, length_penalty)`` (``None`` as the
     penalty of greedy decoding and sampling) and the judge
     outcomes in ``df.attrs["outcomes"]``.
+
+    Every ``generate`` call holds about ``rows_per_call`` rows (prompts x beams; see
+    :func:`qstar_lib.lm.decoding.decode_summaries`); ``batch_size`` counts the completions per scoring batch.
     """
     import pandas as pd
 
@@ -172,7 +181,7 @@ def overoptimisation_sweep(
     if beta <= 0:
         raise ValueError(f"beta must be > 0, got {beta}")
     prompts = [record_field(r, i, "prompt") for i, r in enumerate(records)]
-    gen = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, stop_at_newline=stop_at_newline)
+    gen = dict(max_new_tokens=max_new_tokens, rows_per_call=rows_per_call, seed=seed, stop_at_newline=stop_at_newline)
     settings = [("beam", 1, None)] + [("beam", k, float(lp)) for lp in length_penalties for k in beams if k > 1]
     if include_sampling:
         settings.append(("sample", 1, None))
@@ -349,6 +358,7 @@ def best_of_n(
     top_k: int | None = PAPER_TOP_K,
     max_new_tokens: int = 128,
     batch_size: int = 8,
+    rows_per_call: int = ROWS_PER_CALL,
     seed: int = 0,
     stop_at_newline: bool = True,
     progress: bool = True,
@@ -361,8 +371,8 @@ def best_of_n(
     score. Ties go to the earliest sample (exact comparison), so with ``policy == ref_model`` every score is
     0 and the result is the first sample, i.e. plain sampling.
 
-    ``batch_size`` counts prompts per ``generate`` call (each decodes ``n`` rows that share one prompt
-    prefill) and completions per scoring batch.
+    Each ``generate`` call decodes about ``rows_per_call`` rows (``n`` per prompt, sharing one prompt
+    prefill); ``batch_size`` counts completions per scoring batch.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -377,7 +387,7 @@ def best_of_n(
         temperature=temperature,
         top_k=top_k,
         max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
+        rows_per_call=rows_per_call,
         seed=seed,
         stop_at_newline=stop_at_newline,
         num_return_sequences=n,
