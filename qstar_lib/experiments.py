@@ -154,10 +154,23 @@ def dpo_config(p: ExperimentPreset | None = None, output_dir: str | None = None)
 
 
 def stage_dir(stage: str, p: ExperimentPreset | None = None) -> Path:
-    """``cache_dir()/experiments/<stage>-<preset hash>`` (not necessarily built yet)."""
+    """``cache_dir()/experiments/<stage>-<hash>`` (not necessarily built yet): the preset's
+    :meth:`~qstar_lib.presets.ExperimentPreset.key`, or for ``sft`` its
+    :meth:`~qstar_lib.presets.ExperimentPreset.sft_key` (one SFT run serves every beta)."""
     if stage not in STAGES:
         raise ValueError(f"stage={stage!r}; choose one of {STAGES}")
-    return Path(scale.cache_dir()) / "experiments" / f"{stage}-{_p(p).key()}"
+    p = _p(p)
+    return Path(scale.cache_dir()) / "experiments" / f"{stage}-{p.sft_key() if stage == 'sft' else p.key()}"
+
+
+def _adopt_legacy_sft(p: ExperimentPreset, folder: Path) -> None:
+    """An SFT run cached before SFT folders were keyed by :meth:`ExperimentPreset.sft_key` sits under the
+    full preset key; its training read only the SFT fields, so it is this run: rename it into place
+    instead of training it again (the DPO runs cached beside it started from exactly those weights)."""
+    legacy = folder.parent / f"sft-{p.key()}"
+    if not is_complete(folder) and is_complete(legacy) and not folder.exists():
+        legacy.rename(folder)
+        _say(f"reusing {legacy.name} as {folder.name} (SFT folders are now keyed by the SFT fields only)")
 
 
 def _say(message: str) -> None:
@@ -233,6 +246,8 @@ def _ensure(stage: str, p: ExperimentPreset) -> Path:
     """Return the stage folder, training the stage first (:func:`qstar_lib.cache.cached_folder`) if it is
     missing or incomplete."""
     folder = stage_dir(stage, p)
+    if stage == "sft":
+        _adopt_legacy_sft(p, folder)
     if is_complete(folder):
         return folder
     if stage != "sft" and stage != "dpo_base":
@@ -349,12 +364,17 @@ def control_model(name: str, step: int | None = None, p: ExperimentPreset | None
     return stage_model(CONTROL_STAGES[name], step, p)
 
 
-def dpo_model(from_sft: bool = True, step: int | None = None, p: ExperimentPreset | None = None):
+def dpo_model(
+    from_sft: bool = True, step: int | None = None, p: ExperimentPreset | None = None, beta: float | None = None
+):
     """``(model, tokenizer)``: DPO from the SFT model (``from_sft``) or from the base model.
 
     ``step=None`` gives the final model, otherwise the checkpoint of that step (see
-    :func:`dpo_checkpoint_steps`).
+    :func:`dpo_checkpoint_steps`). ``beta``: the run with that beta instead of the preset's
+    (:meth:`~qstar_lib.presets.ExperimentPreset.with_beta`: its own DPO run, from the same SFT model, which
+    stays its reference).
     """
+    p = _p(p) if beta is None else _p(p).with_beta(beta)
     return stage_model(_dpo_stage(from_sft), step, p)
 
 

@@ -41,10 +41,29 @@ class ExperimentPreset:
 
     def key(self) -> str:
         """A short digest of the fields and the pipeline version: the cache folder's suffix."""
-        payload = json.dumps(
-            {**dataclasses.asdict(self), "pipeline": PIPELINE_VERSION, "qstar_lib": __version__}, sort_keys=True
-        )
-        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+        return _digest(dataclasses.asdict(self))
+
+    def sft_key(self) -> str:
+        """The digest of the fields SFT reads (:data:`SFT_FIELDS`): the SFT folder's suffix, so that presets
+        differing only in what comes after SFT (beta, the DPO sizes) share one SFT run."""
+        fields = dataclasses.asdict(self)
+        return _digest({name: fields[name] for name in SFT_FIELDS})
+
+    def with_beta(self, beta: float) -> ExperimentPreset:
+        """The same preset with another DPO ``beta``: one more DPO run from the same SFT model (the paper's
+        Fig. 2 compares three values of beta)."""
+        if not beta > 0:
+            raise ValueError(f"beta must be > 0, got {beta}")
+        return dataclasses.replace(self, beta=float(beta))
+
+
+#: The preset fields the SFT stage depends on (its data, model, optimiser and lengths; nothing of DPO's).
+SFT_FIELDS = ("model_name", "n_train_pairs", "sft_steps", "sft_batch_size", "sft_lr", "max_length", "seed")
+
+
+def _digest(fields: dict) -> str:
+    payload = json.dumps({**fields, "pipeline": PIPELINE_VERSION, "qstar_lib": __version__}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
 def preset(scale_name: str | None = None) -> ExperimentPreset:

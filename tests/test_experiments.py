@@ -57,6 +57,8 @@ def test_presets_per_scale():
     assert cpu.n_train_pairs >= cpu.dpo_steps * cpu.dpo_batch_size  # each DPO pair seen once
     assert (cpu.control_steps or cpu.dpo_steps) == cpu.dpo_steps  # controls see as many pairs as DPO
     assert cpu.key() != dataclasses.replace(cpu, seed=1).key()  # any field changes the cache folder
+    assert cpu.sft_key() == dataclasses.replace(cpu, beta=0.5, dpo_steps=1).sft_key()  # but SFT's only its own
+    assert cpu.sft_key() != dataclasses.replace(cpu, sft_lr=1.0).sft_key()
     with pytest.raises(dataclasses.FrozenInstanceError):
         cpu.seed = 1
 
@@ -79,6 +81,37 @@ def test_cache_round_trip(p):
         assert texts and not any(".tmp-" in text for text in texts), folder
         for state in folder.glob("checkpoint-*/training_state.json"):
             assert json.loads(state.read_text())["config"]["output_dir"] == str(folder)
+
+
+def test_another_beta_is_one_more_dpo_run_from_the_same_sft(p):
+    """Fig. 2 compares betas: each is its own DPO run, started from (and referenced to) the one SFT model."""
+    ex.ensure_all(p)
+    other = p.with_beta(p.beta * 5)
+    assert other.sft_key() == p.sft_key() and other.key() != p.key()
+    assert ex.stage_dir("sft", other) == ex.stage_dir("sft", p)
+    assert ex.stage_dir("dpo_sft", other) != ex.stage_dir("dpo_sft", p)
+    sft_runs = ex.TRAIN_COUNTS["sft"]
+    five, _ = ex.dpo_model(True, p=p, beta=other.beta)
+    assert ex.TRAIN_COUNTS["sft"] == sft_runs  # no second SFT run
+    assert not torch.equal(_weights(five), _weights(ex.dpo_model(True, p=p)[0]))
+    assert ex.run_info("dpo_sft", other)["preset"]["beta"] == other.beta
+    assert torch.equal(_weights(ex.reference_for(True, other)[0]), _weights(ex.sft_model(p)[0]))
+    assert ex.history("dpo_sft", other)["loss"].iloc[0] == pytest.approx(math.log(2), abs=1e-4)
+    with pytest.raises(ValueError, match="beta must be > 0"):
+        p.with_beta(0.0)
+
+
+def test_sft_cached_under_the_full_key_is_adopted(p, tmp_path, monkeypatch):
+    """A cache from before SFT folders had their own key: the SFT run is renamed into place, not retrained."""
+    monkeypatch.setenv("QSTAR_CACHE", str(tmp_path))
+    q = dataclasses.replace(p, seed=p.seed + 7)
+    built = ex.stage_dir("sft", q)
+    ex.sft_model(q)
+    legacy = built.parent / f"sft-{q.key()}"
+    built.rename(legacy)
+    runs = ex.TRAIN_COUNTS["sft"]
+    ex.sft_model(q)
+    assert ex.TRAIN_COUNTS["sft"] == runs and (built / ex.DONE).exists() and not legacy.exists()
 
 
 def test_interrupted_run_is_retrained(p):

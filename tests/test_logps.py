@@ -16,6 +16,7 @@ from qstar_lib.lm.logps import (
     pair_logps,
     per_token_logps,
     per_token_rewards,
+    prompt_shared_sequence_logps,
     score_pairs,
     selective_log_softmax,
     sequence_logps,
@@ -83,6 +84,31 @@ def test_per_token_logps_equals_the_naive_reference(tiny_lm, encoded):
     for values, e in zip(unpad(got, batch["attention_mask"]), encoded):
         ref = naive_completion_logps(model, e["input_ids"], e["completion_mask"])
         assert max(abs(a - b) for a, b in zip(values, ref)) <= 1e-5
+
+
+def test_prompt_shared_sequence_logps_equal_one_row_per_completion(tiny_lm):
+    """One prompt, completions of different lengths (right padding inside the shared batch): each summed
+    log-prob equals the full [prompt; completion] row scored alone."""
+    from qstar_lib.lm.collate import encode_completion
+
+    model, tok = tiny_lm
+    prompt = "POST: my landlord kept the deposit after I moved out.\nTL;DR:"
+    texts = [" He kept it.", " A landlord kept my deposit of two months after I left.", " no", " He kept it."]
+    enc = [encode_completion(prompt, t, tok) for t in texts]
+    n_prompt = enc[0]["n_prompt"]
+    assert len({len(e["input_ids"]) for e in enc}) > 2  # padding is exercised
+    got = prompt_shared_sequence_logps(model, enc[0]["input_ids"][:n_prompt], [e["input_ids"][n_prompt:] for e in enc])
+    assert got.dtype == torch.float64 and got.shape == (len(texts),)
+    for value, e in zip(got.tolist(), enc):
+        batch = pad_batch([e], tok.pad_token_id)
+        with torch.no_grad():
+            alone = float(sequence_logps(per_token_logps(model, **batch).double(), batch["completion_mask"])[0])
+        assert value == pytest.approx(alone, abs=1e-4)
+    assert got[0] == got[3]
+    with pytest.raises(ValueError, match="prompt_ids is empty"):
+        prompt_shared_sequence_logps(model, [], [[1]])
+    with pytest.raises(ValueError, match="at least one token"):
+        prompt_shared_sequence_logps(model, [1, 2], [[]])
 
 
 def test_values_do_not_depend_on_padding_side_batch_composition_or_size(tiny_lm, encoded):

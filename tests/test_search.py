@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -22,11 +23,13 @@ from qstar_lib.eval.sweep import (
     implicit_rewards,
     overoptimisation_sweep,
     paper_pattern,
+    plot_beta_sweep,
     plot_overoptimisation,
     sequence_log_ratios,
 )
 from qstar_lib.lm.decoding import Decoded, _prompt_ids, decode_summaries, first_paragraph, generate_summaries
 from qstar_lib.lm.value_search import (
+    CachedLastLogits,
     _beam_search,
     _last_logits,
     compare_with_generate,
@@ -326,6 +329,17 @@ def test_overoptimisation_sweep_columns_anchors_and_intervals(short_records, eos
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+    # a second policy (another beta) without the control rows: its DPO rows are the full sweep's
+    alone = overoptimisation_sweep(
+        policy, ref, tok, short_records, beta, beams=(1, 2), max_new_tokens=6, progress=False, n_boot=300, control=False
+    )
+    assert set(alone["model"]) == {"dpo"} and len(alone) == 2 * 2 + 1
+    assert set(alone.attrs["decodes"]) == {k for k in df.attrs["decodes"] if k[0] == "dpo"} | {("sft", "beam", 1, None)}
+    full = df[df["model"] == "dpo"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(alone.reset_index(drop=True), full)  # same decodes, anchors, intervals
+    fig = plot_beta_sweep({beta: df, 2 * beta: alone})
+    assert len(fig.axes) == 2 and len(fig.axes[0].lines) == 3  # two betas and the chosen summaries' line
+    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------------------------- best-of-n
@@ -396,6 +410,27 @@ def test_value_guided_search_keeps_the_same_beams_as_likelihood_search(eos_lm):
         assert vg.score == pytest.approx(beta * ll.score, abs=1e-9)  # eq. 13 with V*(s_0) = 0 for r_hat
         n_steps += len(vg.steps)
     assert n_steps >= 10
+
+
+def test_cached_last_logits_equal_full_recomputation_along_a_beam_search(eos_lm):
+    """The KV-cached scorer the searches use, against running every prefix again at every step."""
+    policy, _, tok = eos_lm
+    cached = CachedLastLogits(policy)
+    calls, gaps = [], []
+
+    def step(seqs):
+        with torch.inference_mode():
+            fast, slow = cached(seqs), _last_logits(policy, seqs)  # (W, V) each
+        calls.append(seqs.shape)
+        gaps.append(float((fast - slow).abs().max()))
+        return torch.log_softmax(slow, -1).double()
+
+    _beam_search(step, _prompt_ids(tok, PROMPTS[1]), 3, 6, tok.eos_token_id)
+    assert len(calls) >= 4 and calls[0][0] == 1 and max(c[0] for c in calls) == 3  # one row, then three beams
+    assert max(gaps) < 1e-4, gaps
+    with torch.inference_mode():  # rows that do not extend the last call's: a full recomputation
+        other = torch.tensor([_prompt_ids(tok, PROMPTS[2])])
+        assert torch.allclose(cached(other), _last_logits(policy, other), atol=1e-4)
 
 
 def test_the_reference_term_is_what_makes_reward_search_likelihood_search(eos_lm):

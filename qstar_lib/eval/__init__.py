@@ -95,6 +95,7 @@ _EXPORTS = {
     "PATTERN": "sweep",
     "overoptimisation_sweep": "sweep",
     "paper_pattern": "sweep",
+    "plot_beta_sweep": "sweep",
     "plot_overoptimisation": "sweep",
     "sequence_log_ratios": "sweep",
 }

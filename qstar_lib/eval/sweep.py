@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from qstar_lib.eval.quality import decode_stats
-from qstar_lib.lm.collate import encode_completion, pad_batch, pad_token_id, record_field
+from qstar_lib.lm.collate import encode_completion, record_field
 from qstar_lib.lm.decoding import PAPER_TOP_K, Decoded, decode_summaries
-from qstar_lib.lm.logps import model_device, per_token_logps, sequence_logps
+from qstar_lib.lm.logps import prompt_shared_sequence_logps
 from qstar_lib.lm.models import eval_mode
 from qstar_lib.plots import COLORS, new_figure
 from qstar_lib.stats import bootstrap_ci
@@ -97,30 +97,40 @@ def sequence_log_ratios(
     """(len(models), N) summed log-probs log pi_m(y|x) of each completion under each model, in float64.
 
     Completions are encoded as in training (:func:`qstar_lib.lm.collate.encode_completion`: prompt ids +
-    completion ids + EOS), so a summary is scored as the DPO loss saw the chosen ones."""
+    completion ids + EOS), so a summary is scored as the DPO loss saw the chosen ones. A (prompt,
+    completion) pair that occurs more than once is scored once (a sweep's settings often find the same
+    summary), and the completions of one prompt share its forward pass, ``batch_size`` completions at a
+    time (:func:`qstar_lib.lm.logps.prompt_shared_sequence_logps`)."""
     if len(prompts) != len(completions):
         raise ValueError(f"{len(completions)} completions for {len(prompts)} prompts")
-    out = np.zeros((len(models), len(prompts)))  # (M, N)
+    unique: dict[tuple[str, str], int] = {}
+    for pair in zip(prompts, completions):
+        unique.setdefault(pair, len(unique))
+    groups: dict[tuple[int, ...], list[tuple[int, list[int]]]] = {}  # prompt ids -> (unique index, completion)
+    for (prompt, completion), u in unique.items():
+        enc = encode_completion(prompt, completion, tokenizer, max_length=max_length)
+        ids, n_prompt = enc["input_ids"], enc["n_prompt"]
+        groups.setdefault(tuple(ids[:n_prompt]), []).append((u, ids[n_prompt:]))
+    scores = np.zeros((len(models), len(unique)))  # (M, U)
     with eval_mode(*models), torch.inference_mode():
-        for lo in range(0, len(prompts), batch_size):
-            pairs = zip(prompts[lo : lo + batch_size], completions[lo : lo + batch_size])
-            enc = [encode_completion(p, c, tokenizer, max_length=max_length) for p, c in pairs]
-            batch = pad_batch(enc, pad_token_id(tokenizer))
-            for j, m in enumerate(models):
-                b = {k: v.to(model_device(m)) for k, v in batch.items()}
-                logps = sequence_logps(per_token_logps(m, **b).double(), b["completion_mask"])  # (B,)
-                out[j, lo : lo + len(enc)] = logps.cpu().numpy()
-    return out
+        for prompt_ids, members in groups.items():
+            for lo in range(0, len(members), batch_size):
+                chunk = members[lo : lo + batch_size]
+                for j, m in enumerate(models):
+                    logps = prompt_shared_sequence_logps(m, prompt_ids, [c for _, c in chunk])  # (b,)
+                    scores[j, [u for u, _ in chunk]] = logps.numpy()
+    return scores[:, [unique[pair] for pair in zip(prompts, completions)]]  # (M, N)
 
 
 def _decode_all(models, tokenizer, prompts, settings, gen, sampling, early_stopping, progress):
-    """``{(model name, decoding, num_beams, length_penalty): [Decoded] * N}`` for every model and setting."""
+    """``{(model name, decoding, num_beams, length_penalty): [Decoded] * N}`` for every model and its settings
+    (``settings``: model name -> list of ``(decoding, num_beams, length_penalty)``)."""
     from tqdm.auto import tqdm
 
     decodes: dict[tuple, list[Decoded]] = {}
-    bar = tqdm(total=len(models) * len(settings), desc="sweep", disable=not progress)
+    bar = tqdm(total=sum(len(settings[name]) for name in models), desc="sweep", disable=not progress)
     for name, model in models.items():
-        for decoding, k, lp in settings:
+        for decoding, k, lp in settings[name]:
             if decoding == "sample":
                 opts = sampling
             else:
@@ -144,6 +154,7 @@ def overoptimisation_sweep(
     include_sampling: bool = True,
     judge: Callable | None = None,
     *,
+    control: bool = True,
     max_new_tokens: int = 128,
     batch_size: int = 8,
     rows_per_call: int = ROWS_PER_CALL,
@@ -170,6 +181,10 @@ def overoptimisation_sweep(
     penalty of greedy decoding and sampling) and the judge
     outcomes in ``df.attrs["outcomes"]``.
 
+    ``control=False`` leaves out the SFT model's rows (it is then decoded greedily only, as the anchor of
+    ``win_rate_vs_sft``): the form for a second DPO policy, e.g. another beta, whose control rows would
+    repeat the first sweep's.
+
     Every ``generate`` call holds about ``rows_per_call`` rows (prompts x beams; see
     :func:`qstar_lib.lm.decoding.decode_summaries`); ``batch_size`` counts the completions per scoring batch.
     """
@@ -186,8 +201,9 @@ def overoptimisation_sweep(
     if include_sampling:
         settings.append(("sample", 1, None))
     models = {"dpo": policy, "sft": ref_model}
+    per_model = {"dpo": settings, "sft": settings if control else [("beam", 1, None)]}
     sampling = dict(do_sample=True, temperature=temperature, top_k=top_k)
-    decodes = _decode_all(models, tokenizer, prompts, settings, gen, sampling, early_stopping, progress)
+    decodes = _decode_all(models, tokenizer, prompts, per_model, gen, sampling, early_stopping, progress)
     keys = list(decodes)
     flat = [d.text for key in keys for d in decodes[key]]
     logps = sequence_log_ratios([policy, ref_model], tokenizer, prompts * len(keys), flat, batch_size=batch_size)
@@ -202,6 +218,8 @@ def overoptimisation_sweep(
         )
         outcomes[(name, decoding, k, lp)] = row.pop("outcomes")
         per_record[(name, decoding, k, lp)] = row.pop("per_record")
+        if name == "sft" and not control:
+            continue
         penalties = length_penalties if decoding == "beam" and k == 1 else [lp]  # greedy: a row per penalty
         for penalty in penalties:
             lp_col = float("nan") if penalty is None else float(penalty)
@@ -301,6 +319,34 @@ def plot_overoptimisation(df, reference_score: float | None = 1.0, title: str | 
     n = int(df["n"].max()) if len(df) else 0
     fig.suptitle(title or f"Over-optimisation curve ({n} prompts, 95% bootstrap intervals)")
     fig.tight_layout(rect=(0, 0.09, 1, 1))
+    return fig
+
+
+def plot_beta_sweep(tables: Mapping[float, object], length_penalty: float = 0.0, reference_score: float | None = 1.0):
+    """The paper's Fig. 2 layout for several betas: the DPO policy's gold score (left) and generated tokens
+    (right) against the number of beams at ``length_penalty``, one line per beta with its interval.
+    ``tables``: beta -> :func:`overoptimisation_sweep` table of that beta's DPO run. Returns the figure."""
+    fig, (ax_gold, ax_len) = new_figure(1, 2, figsize=(11.0, 3.8))
+    shades = [COLORS["policy"], COLORS["accent"], COLORS["reference"], COLORS["chosen"]]
+    ticks: set[int] = set()
+    for i, (beta, df) in enumerate(sorted(tables.items())):
+        keep = (df["model"] == "dpo") & (df["decoding"] == "beam") & (df["length_penalty"] == length_penalty)
+        part = df[keep].sort_values("num_beams")
+        ticks |= set(int(k) for k in part["num_beams"])
+        for ax, col in ((ax_gold, "gold_score"), (ax_len, "mean_tokens")):
+            colour = shades[i % len(shades)]
+            ax.plot(part["num_beams"], part[col], "o-", color=colour, ms=4, label=f"beta = {beta:g}")
+            ax.fill_between(part["num_beams"], part[f"{col}_lo"], part[f"{col}_hi"], color=colour, alpha=0.12, lw=0)
+    if reference_score is not None:
+        ax_gold.axhline(reference_score, color="black", lw=0.8, label="chosen summary")
+    for ax, label in ((ax_gold, "gold score (mean)"), (ax_len, "generated tokens (mean)")):
+        ax.set_xscale("log")
+        ax.set_xticks(sorted(ticks), [str(t) for t in sorted(ticks)])
+        ax.minorticks_off()
+        ax.set(xlabel="number of beams", ylabel=label)
+    ax_gold.legend(fontsize=8)
+    fig.suptitle(f"DPO policies by beta, length_penalty={length_penalty:g} (95% bootstrap intervals)")
+    fig.tight_layout()
     return fig
 
 

@@ -49,6 +49,7 @@ _EXPORTS = {
     "pair_logps": "logps",
     "per_token_logps": "logps",
     "per_token_rewards": "logps",
+    "prompt_shared_sequence_logps": "logps",
     "score_pairs": "logps",
     "selective_log_softmax": "logps",
     "sequence_logps": "logps",

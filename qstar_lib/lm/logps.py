@@ -146,6 +146,50 @@ def sequence_logps(per_token_logps: torch.Tensor, completion_mask: torch.Tensor)
     return (per_token_logps * completion_mask.to(per_token_logps.dtype)).sum(-1)  # (B,)
 
 
+def prompt_shared_sequence_logps(
+    model, prompt_ids: Sequence[int], completions: Sequence[Sequence[int]]
+) -> torch.Tensor:
+    """Summed log-probs log pi(c | prompt) of several completions of ONE prompt, (n,) float64: the prompt
+    runs through the model once and its KV cache serves every completion.
+
+    The same numbers as :func:`sequence_logps` of :func:`per_token_logps` on each ``[prompt; completion]`` row
+    (tested, up to float32 rounding), for a fraction of the cost when completions are short beside their
+    prompt: scoring the 16 decodes a TL;DR prompt of ~190 tokens gets in a beam sweep, the prompt is ~3/4 of
+    every row. The first completion token is predicted by the prompt's last logits, the others by the
+    completion rows' own (right-padded, positions continuing the prompt's). No gradients.
+    """
+    from transformers import DynamicCache
+
+    if len(prompt_ids) == 0:
+        raise ValueError("prompt_ids is empty: the first completion token would have no context")
+    if any(len(c) == 0 for c in completions):
+        raise ValueError("every completion needs at least one token (encode_completion appends the EOS)")
+    n = len(completions)
+    if n == 0:
+        return torch.zeros(0, dtype=torch.float64)
+    device = model_device(model)
+    P, L = len(prompt_ids), max(len(c) for c in completions)
+    ids = torch.zeros((n, L), dtype=torch.long)  # (n, L) right-padded completions
+    mask = torch.zeros((n, L), dtype=torch.long)  # (n, L)
+    for i, c in enumerate(completions):
+        ids[i, : len(c)], mask[i, : len(c)] = torch.tensor(list(c)), 1
+    ids, mask = ids.to(device), mask.to(device)
+    key = cache_kwarg(model)
+    cache = DynamicCache(config=model.config)
+    with torch.inference_mode():
+        prompt = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)  # (1, P)
+        first = model(input_ids=prompt, use_cache=True, **{key: cache}).logits[:, -1:]  # (1, 1, V)
+        cache.batch_repeat_interleave(n)  # (n, heads, P, head_dim) per layer
+        attention = torch.cat([torch.ones((n, P), dtype=torch.long, device=device), mask], dim=1)  # (n, P + L)
+        positions = torch.arange(P, P + L, device=device).expand(n, L)  # (n, L)
+        rest = model(
+            input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=True, **{key: cache}
+        ).logits  # (n, L, V)
+        logits = torch.cat([first.expand(n, 1, -1), rest[:, :-1]], dim=1).float()  # (n, L, V): predicts ids
+        logps = selective_log_softmax(logits, ids)  # (n, L)
+    return torch.where(mask.bool(), logps, torch.zeros_like(logps)).double().sum(-1).cpu()  # (n,)
+
+
 def per_token_rewards(
     policy_logps: torch.Tensor,
     ref_logps: torch.Tensor,
