@@ -19,7 +19,6 @@
   just after Sphinx assigns them.
 """
 
-
 from __future__ import annotations
 
 import re
@@ -107,8 +106,9 @@ def _renumber(app, env):
             elif number in PAPER_EQUATIONS:
                 equations[node_id] = (number,)
             else:
-                logger.warning(f"qstar_book: {label!r} names paper eq. {number}, which the paper does not have",
-                               location=docname)
+                logger.warning(
+                    f"qstar_book: {label!r} names paper eq. {number}, which the paper does not have", location=docname
+                )
         exercises = kinds.get("exercise", {})
         for k, node_id in enumerate(sorted(exercises, key=exercises.get), start=1):
             exercises[node_id] = (chapter[docname], k)
