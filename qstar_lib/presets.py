@@ -71,16 +71,16 @@ def preset(scale_name: str | None = None) -> ExperimentPreset:
 
     - ``ci``: the random tiny model on 32 pairs, 10 steps per run; the three runs take seconds on 2 cores.
     - ``cpu``: SmolLM2-135M-Instruct, sized from step costs measured on 2 cores of an AMD EPYC (AVX2 only,
-      no native bf16; fp32): about 18 s per DPO step of 4 pairs (shared prompt, ~280 tokens a pair), an SFT
-      step of 8 sequences 70 s while another process held one core (2026-12-02; not yet timed alone), 0.6 s
-      per pair of log-probs. 20 SFT steps (160 of the 256 chosen
-      summaries, lr 2e-5); DPO from SFT for 64 steps of 4 pairs (256 pairs seen, lr 1e-5), a checkpoint every
-      16 steps (64, 128, 192, 256 pairs: the credit-vs-pairs curve); the two control runs as long, on the
-      same pairs (equal pairs seen at every checkpoint); 128 test and 64 validation pairs. First run
-      (2026-12-02, the same AMD EPYC, fp32, 2 threads, niced while other jobs shared the two cores, so these
-      are upper bounds): SFT 407 s (20.3 s per step of 8), DPO from SFT 1803 s (28.2 s per step of 4 pairs,
-      the reference log-probs included), continued SFT 1250 s (19.5 s per step of 4). (The cpu-book issue
-      asks for 4-8x more pairs; its levers are not built yet.)
+      no native bf16; fp32; ``benchmarks/bench_phases.py``, quiet machine, 2026-12-02): 9.5 s per DPO step
+      of 4 pairs (shared prompt, ~280 tokens a pair), 20.5 s per SFT step of 8 sequences. 20 SFT steps (160
+      of the 512 chosen summaries, lr 2e-5); DPO from SFT for 128 steps of 4 pairs (512 pairs seen, lr
+      1e-5), a checkpoint every 32 steps (128, 256, 384, 512 pairs: the credit-vs-pairs curve); the two
+      control runs on the same pairs for 64 steps (256 pairs: checkpoints at 128 and 256, so every control
+      checkpoint has a DPO checkpoint at equal pairs seen; full-length controls would add ~20 min); 128
+      test and 64 validation pairs. Expected: SFT ~7 min, DPO from SFT ~23 min with its reference
+      log-probs, the controls ~20 min. The preset of 2026-12-02 before it (256 pairs, 64 steps, controls
+      as long) measured, niced beside other jobs (upper bounds): SFT 407 s, DPO from SFT 1803 s, continued
+      SFT 1250 s. (The cpu-book issue asks for 1,024 pairs and 512 SFT summaries; its levers are not built.)
     - ``gpu``: the same model on ten times the data and steps.
     """
     return scale.pick(
@@ -101,19 +101,20 @@ def preset(scale_name: str | None = None) -> ExperimentPreset:
         ),
         cpu=ExperimentPreset(
             model_name="smollm2-135m",
-            n_train_pairs=256,
+            n_train_pairs=512,
             n_eval_pairs=128,
             sft_steps=20,
             sft_batch_size=8,
             sft_lr=2e-5,
-            dpo_steps=64,
+            dpo_steps=128,
             dpo_batch_size=4,
             dpo_lr=1e-5,
             beta=0.1,
             max_length=384,
-            save_steps=16,
+            save_steps=32,
             seed=0,
             n_val_pairs=64,
+            control_steps=64,
         ),
         gpu=ExperimentPreset(
             model_name="smollm2-135m",
