@@ -53,9 +53,12 @@ def test_presets_per_scale():
     assert ex.preset("cpu").model_name == ex.preset("gpu").model_name == "smollm2-135m"
     cpu = ex.preset("cpu")
     saved = {ex.pairs_seen(s, cpu) for s in range(cpu.save_steps, cpu.dpo_steps + 1, cpu.save_steps)}
-    assert len(saved) >= 4 and {128, 256} <= saved  # the credit-vs-pairs curve: checkpoints at 128, 256, ...
+    assert len(saved) >= 4 and {128, 256, 512} <= saved  # the credit-vs-pairs curve: checkpoints at 128, 256, ...
     assert cpu.n_train_pairs >= cpu.dpo_steps * cpu.dpo_batch_size  # each DPO pair seen once
-    assert (cpu.control_steps or cpu.dpo_steps) == cpu.dpo_steps  # controls see as many pairs as DPO
+    control = cpu.control_steps or cpu.dpo_steps
+    # the controls may stop early, but each of their checkpoints has a DPO checkpoint at equal pairs seen
+    assert control <= cpu.dpo_steps and control % cpu.save_steps == 0
+    assert ex.pairs_seen(control, cpu) >= 256
     assert cpu.key() != dataclasses.replace(cpu, seed=1).key()  # any field changes the cache folder
     assert cpu.sft_key() == dataclasses.replace(cpu, beta=0.5, dpo_steps=1).sft_key()  # but SFT's only its own
     assert cpu.sft_key() != dataclasses.replace(cpu, sft_lr=1.0).sft_key()
