@@ -119,6 +119,20 @@ def test_the_check_sees_arrows():
     assert "eval" not in ALLOWED[_room("qstar_lib.lm.fake")]
 
 
+def test_no_export_is_named_like_a_module_of_its_package():
+    """Importing ``pkg.name`` binds the *module* as the attribute ``name`` of ``pkg``, so an exported
+    function of that name would be shadowed once anything imports the module (``from qstar_lib.eval import
+    best_of_n`` returned the module when best-of-n lived in ``eval/best_of_n.py``)."""
+    modules = _modules()
+    clashes = [
+        f"{package}.{name}"
+        for package in modules
+        for name in _exports(package, modules)
+        if f"{package}.{name}" in modules
+    ]
+    assert not clashes, f"exported names that are also module names: {clashes}"
+
+
 def test_no_import_cycle(graph):
     state: dict[str, int] = {}  # 1 = on the stack, 2 = done
     stack: list[str] = []

@@ -27,7 +27,7 @@ from qstar_lib.eval.credit import (
     top1_localisation,
     where_is_the_minimum,
 )
-from qstar_lib.eval.credit_table import (
+from qstar_lib.eval.credit_tables import (
     SINGLE_KINDS,
     TABLE_KINDS,
     credit_report,
@@ -265,7 +265,7 @@ def test_bootstrap_ci_contains_the_point_estimate_and_is_reproducible():
 
 def test_fast_table_bootstrap_equals_the_generic_bootstrap():
     from qstar_lib.eval.credit import _pairs
-    from qstar_lib.eval.credit_table import _fast_bootstrap
+    from qstar_lib.eval.credit_tables import _fast_bootstrap
 
     rng = np.random.default_rng(5)
     labels = [rng.integers(0, 2, n) | np.eye(n, dtype=int)[1] for n in rng.integers(4, 15, 25)]

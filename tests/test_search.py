@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from qstar_lib.data import synthetic_tldr
-from qstar_lib.eval.best_of_n import best_of_n, best_of_n_comparison, implicit_rewards
 from qstar_lib.eval.judge import compare
 from qstar_lib.eval.quality import decode_stats, decode_table, distinct_n
+from qstar_lib.eval.rerank import best_of_n, best_of_n_comparison, implicit_rewards
 from qstar_lib.eval.sweep import (
     PATTERN,
     SWEEP_COLUMNS,

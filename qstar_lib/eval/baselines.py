@@ -26,7 +26,7 @@ __all__ = [
     "uniform_share",
 ]
 
-#: Row order of :func:`qstar_lib.eval.credit_table.credit_table`: the DPO implicit reward, the log-ratio controls
+#: Row order of :func:`qstar_lib.eval.credit_tables.credit_table`: the DPO implicit reward, the log-ratio controls
 #: (:func:`log_ratio`: two models' per-token log-probs subtracted, the DPO reward's own form), the surprisal
 #: baselines and the chance rows; the no-model rows of :mod:`qstar_lib.eval.shortcuts` follow when given.
 DEFAULT_METHODS = (

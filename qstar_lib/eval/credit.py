@@ -26,7 +26,7 @@ AUROC 0.5 within a record, top-1 = (labelled tokens) / (tokens).
 
 Everything here is numpy, and no model appears. The scores themselves (the DPO reward and its baselines)
 are in :mod:`qstar_lib.eval.baselines`; the table of every method per error kind, with bootstrap intervals,
-is in :mod:`qstar_lib.eval.credit_table`.
+is in :mod:`qstar_lib.eval.credit_tables`.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-from qstar_lib.eval.credit_table import SINGLE_KINDS, credit_table, credit_targets
+from qstar_lib.eval.credit_tables import SINGLE_KINDS, credit_table, credit_targets
 
 __all__ = ["localisation_curve", "method_table"]
 
@@ -26,7 +26,7 @@ def method_table(
     metric: str | None = None,
     **table_kw,
 ):
-    """:func:`qstar_lib.eval.credit_table.credit_table` of per-token scores of the records' rejected
+    """:func:`qstar_lib.eval.credit_tables.credit_table` of per-token scores of the records' rejected
     completions, with the records' own token labels (no scored rows needed). ``metric``: one metric's
     column per kind instead of the whole table."""
     from qstar_lib.lm.collate import planted_labels

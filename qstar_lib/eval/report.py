@@ -5,7 +5,7 @@ report.html`` writes this page beside the JSONL so that anyone with a policy and
 look at where the implicit reward ``beta log pi/pi_ref`` (paper eq. 10) sits. The page has no external
 resource (no CDN, no script file): inline styles and a few lines of inline JavaScript that reorder the pairs
 by margin. When the records carry planted-error spans, the planted tokens are underlined and the page opens
-with the credit table of :func:`qstar_lib.eval.credit_table.credit_report`.
+with the credit table of :func:`qstar_lib.eval.credit_tables.credit_report`.
 
 The module also measures how concentrated the reward gap is (:func:`gap_concentration`): the share of a
 pair's tokens that carries 80% of the reward gap between chosen and rejected, the quantity selective-token
@@ -133,7 +133,7 @@ def report_html(scored: Sequence[Mapping], tokenizer, *, title: str = "Per-token
 def _credit_section(scored: Sequence[Mapping]) -> str:
     import warnings
 
-    from qstar_lib.eval.credit_table import credit_report
+    from qstar_lib.eval.credit_tables import credit_report
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # unlabelled pairs (omission, verbosity) are simply left out

@@ -19,7 +19,7 @@ shortcut around reading roles but a reader of roles without a model, so it is he
 reports it beside the DPO reward as the level a string reader reaches.
 
 Scores follow :mod:`qstar_lib.eval.credit` (one per token of the rejected completion, lower = more
-suspicious), so :func:`qstar_lib.eval.credit_table.credit_table` reads them like the DPO reward;
+suspicious), so :func:`qstar_lib.eval.credit_tables.credit_table` reads them like the DPO reward;
 :func:`shortcut_audit` builds the table straight from records and a tokenizer. The book's test asserts that on
 in-post swaps of the test split every row stays at per-record AUROC <= 0.60 (``tests/test_shortcuts.py``).
 """
@@ -204,10 +204,10 @@ def shortcut_audit(
     kinds: Sequence[str] | None = None,
     subset: str | None = None,
 ):
-    """The credit table (:func:`qstar_lib.eval.credit_table.credit_table`) of the no-model baselines on
+    """The credit table (:func:`qstar_lib.eval.credit_tables.credit_table`) of the no-model baselines on
     ``records``, beside the ``random`` and ``uniform_share`` chance rows, with no model anywhere."""
     from qstar_lib.eval.baselines import random_scores
-    from qstar_lib.eval.credit_table import TABLE_KINDS, credit_table, credit_targets
+    from qstar_lib.eval.credit_tables import TABLE_KINDS, credit_table, credit_targets
     from qstar_lib.lm.collate import planted_labels
 
     targets = credit_targets([planted_labels(r, tokenizer) for r in records])

@@ -10,7 +10,7 @@ win rates against the *greedy SFT* and *greedy DPO* summaries of the same prompt
 chosen summary, which every decode can at best tie), the sequence implicit reward of the DPO policy, the
 log-ratio to the reference, length, how decodes stopped and how repetitive they are.
 :func:`plot_overoptimisation` draws it; best-of-n reranking by the implicit reward lives in
-:mod:`qstar_lib.eval.best_of_n`.
+:mod:`qstar_lib.eval.rerank`.
 
 It knows nothing about training: it is handed models and records.
 """
