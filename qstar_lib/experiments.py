@@ -83,15 +83,19 @@ def shuffled_records(records: list[dict], seed: int) -> list[dict]:
     """The DPO pairs with the preference of a seeded random half reversed (``dpo_shuffled``'s data): the same
     texts, labels independent of which summary is right. Planted-error fields are dropped (they described
     the original rejected side)."""
-    import random
-
-    rng = random.Random(f"qstar-shuffled-{seed}")
-    flip = set(rng.sample(range(len(records)), len(records) // 2))
+    flip = _flipped(len(records), seed)
     out = []
     for i, r in enumerate(records):
         chosen, rejected = (r["rejected"], r["chosen"]) if i in flip else (r["chosen"], r["rejected"])
         out.append({"id": r["id"], "prompt": r["prompt"], "chosen": chosen, "rejected": rejected})
     return out
+
+
+def _flipped(n: int, seed: int) -> set[int]:
+    """The indices of the pairs whose preference :func:`shuffled_records` reverses (a seeded half)."""
+    import random
+
+    return set(random.Random(f"qstar-shuffled-{seed}").sample(range(n), n // 2))
 
 
 def eval_records(p: ExperimentPreset | None = None, kinds=None) -> list[dict]:
@@ -252,6 +256,8 @@ def _ensure(stage: str, p: ExperimentPreset) -> Path:
         return folder
     if stage != "sft" and stage != "dpo_base":
         _ensure("sft", p)  # before taking this stage's lock: the SFT stage has its own
+    if stage == "dpo_shuffled":
+        _ensure("dpo_sft", p)  # its reference log-probs are dpo_sft's (shuffled_ref_logps)
     return cached_folder(folder, lambda tmp: _build(stage, p, tmp, folder))
 
 
@@ -282,10 +288,29 @@ def _train(stage: str, p: ExperimentPreset, folder: Path):
     # newer one exists: a gpu-scale run keeps ~2 optimizer states on disk, not one per checkpoint
     prune = lambda step, metrics, model: _prune_training_state(folder)  # noqa: E731
     cfg = dpo_config(p, str(folder))
+    ref_logps = None
     if stage == "dpo_shuffled":
+        ref_logps = shuffled_ref_logps(p)
         records = shuffled_records(records, p.seed)
         cfg = dataclasses.replace(cfg, max_steps=p.control_steps or p.dpo_steps)
-    return train_dpo(model, None, tokenizer, records, cfg, callbacks=[prune])
+    return train_dpo(model, None, tokenizer, records, cfg, callbacks=[prune], ref_logps=ref_logps)
+
+
+def shuffled_ref_logps(p: ExperimentPreset | None = None):
+    """The reference log-probs of ``dpo_shuffled``, (N,) chosen and (N,) rejected, without computing them:
+    its reference is the SFT model on the same texts as ``dpo_sft``'s, so they are ``dpo_sft``'s (stored in
+    its last checkpoint) with chosen and rejected swapped on the reversed pairs."""
+    import torch
+
+    from qstar_lib.lm.train import saved_ref_logps
+
+    p = _p(p)
+    n = len(train_records(p))
+    chosen, rejected = saved_ref_logps(str(_final(_ensure("dpo_sft", p))), n)  # (N,), (N,)
+    flip = torch.tensor(sorted(_flipped(n, p.seed)), dtype=torch.long)
+    out_chosen, out_rejected = chosen.clone(), rejected.clone()
+    out_chosen[flip], out_rejected[flip] = rejected[flip], chosen[flip]
+    return out_chosen, out_rejected
 
 
 def _final(folder: Path) -> Path:

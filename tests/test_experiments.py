@@ -201,6 +201,23 @@ def test_control_runs_start_from_sft_and_save_like_dpo(p):
     assert ex.pairs_seen(3, p) == 3 * p.dpo_batch_size
 
 
+def test_shuffled_reference_is_dpo_sfts_with_the_reversed_pairs_swapped(p):
+    """dpo_shuffled reuses dpo_sft's reference log-probs instead of computing them again: they must equal a
+    fresh computation with the SFT model on the shuffled records (to float32 summation noise)."""
+    from qstar_lib.lm.collate import encode_pairs, pad_token_id
+    from qstar_lib.lm.train import precompute_ref_logps
+
+    sft, tok = ex.sft_model(p)
+    records = ex.shuffled_records(ex.train_records(p), p.seed)
+    encoded = encode_pairs(records, tok, max_length=p.max_length)
+    fresh = precompute_ref_logps(sft, encoded, pad_token_id(tok), progress=False)
+    reused = ex.shuffled_ref_logps(p)
+    flipped = sum(r["chosen"] != o["chosen"] for r, o in zip(records, ex.train_records(p)))
+    assert flipped == len(records) // 2  # the swap is not a no-op
+    for a, b in zip(fresh, reused):
+        assert torch.allclose(a, b, atol=1e-4, rtol=0), (a - b).abs().max()
+
+
 def test_the_ci_preset_truncates_no_record():
     """Every record the ci pipeline trains and evaluates on fits max_length (with its EOS): a cut record would
     lose error tokens and print a truncation warning into the rendered book."""

@@ -162,7 +162,7 @@ def precompute_ref_logps(
     return ref_chosen, ref_rejected
 
 
-def _saved_ref_logps(resume_from: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+def saved_ref_logps(resume_from: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The reference log-probs stored in a checkpoint, (n,) chosen and (n,) rejected."""
     tensors, _ = ckpt.load_training_state(resume_from)
     if "ref.chosen_logps" not in tensors:
@@ -191,13 +191,16 @@ def train_dpo(
     config: DPOConfig,
     resume_from: str | None = None,
     callbacks: Sequence[Callback] = (),
+    ref_logps: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> History:
     """Train ``model`` with DPO against ``ref_model`` on preference records ``{prompt, chosen, rejected}``.
 
     The reference log-probs of every pair are computed once, before the first update (with ``ref_model``,
     or with ``model`` itself when ``ref_model`` is None: before any update the policy *is* the reference, so
     no copy is needed). They are stored in each checkpoint, so resuming does not need the reference model;
-    a separate ``ref_model`` is moved to the CPU once they are computed.
+    a separate ``ref_model`` is moved to the CPU once they are computed. ``ref_logps`` (chosen, rejected),
+    each (N,) in record order, are reference log-probs computed elsewhere (the same reference on the same
+    texts, e.g. by another run): they replace the precompute, and ``ref_model`` is then not used.
     Each micro-batch is one forward over ``[chosen; rejected]`` (2B rows); the loss is
     :func:`qstar_lib.dpo.dpo_loss` averaged over the pairs of the optimizer step. At step 1 policy ==
     reference, so the logged loss is ln 2.
@@ -217,7 +220,14 @@ def train_dpo(
     accelerator = _accelerator(config)
 
     if resume_from is not None:
-        ref_chosen, ref_rejected = _saved_ref_logps(resume_from, len(encoded))
+        ref_chosen, ref_rejected = saved_ref_logps(resume_from, len(encoded))
+    elif ref_logps is not None:
+        ref_chosen, ref_rejected = (torch.as_tensor(t, dtype=torch.float64) for t in ref_logps)
+        if ref_chosen.shape != (len(encoded),) or ref_rejected.shape != (len(encoded),):
+            raise ValueError(
+                f"ref_logps: shapes {tuple(ref_chosen.shape)} and {tuple(ref_rejected.shape)}, expected "
+                f"({len(encoded)},) each (one value per record)"
+            )
     else:
         reference = model if ref_model is None else ref_model
         reference.to(accelerator.device)
