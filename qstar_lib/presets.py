@@ -77,8 +77,9 @@ def preset(scale_name: str | None = None) -> ExperimentPreset:
       1e-5), a checkpoint every 32 steps (128, 256, 384, 512 pairs: the credit-vs-pairs curve); the two
       control runs on the same pairs for 64 steps (256 pairs: checkpoints at 128 and 256, so every control
       checkpoint has a DPO checkpoint at equal pairs seen; full-length controls would add ~20 min); 128
-      test and 64 validation pairs. Expected: SFT ~7 min, DPO from SFT ~23 min with its reference
-      log-probs, the controls ~20 min. The preset of 2026-12-02 before it (256 pairs, 64 steps, controls
+      test and 64 validation pairs. Measured (2026-12-02): SFT 1232 s and DPO from SFT 3693 s while a CI run
+      shared the cores (upper bounds), continued SFT 595 s and shuffled-label DPO 746 s alone (its reference
+      log-probs reused from DPO from SFT). The preset of 2026-12-02 before it (256 pairs, 64 steps, controls
       as long) measured, niced beside other jobs (upper bounds): SFT 407 s, DPO from SFT 1803 s, continued
       SFT 1250 s. (The cpu-book issue asks for 1,024 pairs and 512 SFT summaries; its levers are not built.)
     - ``gpu``: the same model on ten times the data and steps.
