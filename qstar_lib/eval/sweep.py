@@ -142,36 +142,15 @@ def _decode_all(models, tokenizer, prompts, settings, gen, sampling, early_stopp
     return decodes
 
 
-def _sweep_table(
-    policy,
-    ref_model,
-    tokenizer,
-    records,
-    prompts,
-    decodes,
-    beta,
-    judge,
-    control,
-    length_penalties,
-    *,
-    batch_size,
-    confidence,
-    n_boot,
-    seed,
-):
-    """The rows of :func:`overoptimisation_sweep` from its ``decodes``: score every decode under both models
-    once, then one :func:`qstar_lib.eval.quality.decode_stats` row per setting (greedy on each penalty's row)."""
+def _sweep_table(records, decodes, ratio, beta, judge, control, length_penalties, stats):
+    """The rows of :func:`overoptimisation_sweep` from its ``decodes`` and their (settings, N) log-ratios
+    ``ratio``: one :func:`qstar_lib.eval.quality.decode_stats` row per setting (greedy on each penalty's row)."""
     import pandas as pd
 
-    keys = list(decodes)
-    flat = [d.text for key in keys for d in decodes[key]]
-    logps = sequence_log_ratios([policy, ref_model], tokenizer, prompts * len(keys), flat, batch_size=batch_size)
-    ratio = (logps[0] - logps[1]).reshape(len(keys), len(prompts))  # (settings, N): log pi_theta - log pi_ref
     anchors = {col: [d.text for d in decodes[(m, "beam", 1, None)]] for col, m in ANCHORS.items()}
-    stats = dict(confidence=confidence, n_boot=n_boot, seed=seed)
     rows, outcomes, per_record = [], {}, {}
-    for i, (name, decoding, k, lp) in enumerate(keys):
-        kl = ratio[i] if name == "dpo" else np.zeros(len(prompts))
+    for i, (name, decoding, k, lp) in enumerate(decodes):
+        kl = ratio[i] if name == "dpo" else np.zeros(len(records))
         row = decode_stats(
             records, decodes[(name, decoding, k, lp)], anchors, judge, rewards=beta * ratio[i], log_ratios=kl, **stats
         )
@@ -235,7 +214,6 @@ def overoptimisation_sweep(
     Every ``generate`` call holds about ``rows_per_call`` rows (prompts x beams; see
     :func:`qstar_lib.lm.decoding.decode_summaries`); ``batch_size`` counts the completions per scoring batch.
     """
-
     beams = sorted({int(k) for k in beams})
     if not beams or min(beams) < 1:
         raise ValueError(f"beams must be non-empty and >= 1, got {beams}")
@@ -250,9 +228,11 @@ def overoptimisation_sweep(
     per_model = {"dpo": settings, "sft": settings if control else [("beam", 1, None)]}
     sampling = dict(do_sample=True, temperature=temperature, top_k=top_k)
     decodes = _decode_all(models, tokenizer, prompts, per_model, gen, sampling, early_stopping, progress)
-    table_args = (records, prompts, decodes, beta, judge, control, length_penalties)
-    stats = dict(batch_size=batch_size, confidence=confidence, n_boot=n_boot, seed=seed)
-    return _sweep_table(policy, ref_model, tokenizer, *table_args, **stats)
+    flat = [d.text for key in decodes for d in decodes[key]]
+    logps = sequence_log_ratios([policy, ref_model], tokenizer, prompts * len(decodes), flat, batch_size=batch_size)
+    ratio = (logps[0] - logps[1]).reshape(len(decodes), len(prompts))  # (settings, N): log pi_theta - log pi_ref
+    stats = dict(confidence=confidence, n_boot=n_boot, seed=seed)
+    return _sweep_table(records, decodes, ratio, beta, judge, control, length_penalties, stats)
 
 
 #: The parts of the paper's Fig. 2 pattern :func:`paper_pattern` tests: (name, column, setting a, setting b,
